@@ -1,0 +1,85 @@
+"""Image transforms (torchvision ``transforms.v2``) from a PIL ``RGB`` image to a float tensor.
+
+- :func:`default_transform`: what a dataset applies when given ``transform=None``: resize to
+  ``image_size x image_size`` (bilinear, antialiased), then ``uint8 -> float32`` in ``[0, 1]``.
+  Output: ``(3, image_size, image_size)``.
+- :func:`build_transform`: the training/evaluation pipelines of a backbone. ``mean``/``std`` are
+  arguments because the backbone decides them (ImageNet statistics, or 0.5 for some TF ports).
+
+  * eval: resize to ``resize_size x resize_size``, centre crop ``image_size``, to float in
+    ``[0, 1]``, normalise ``(x - mean) / std``.
+  * train: resize to ``resize_size x resize_size``, random crop ``image_size``, random horizontal
+    flip (``hflip=True``), to float, normalise.
+
+  ``resize_size`` defaults to ``round(image_size / crop_fraction)`` with ``crop_fraction=0.875``
+  (the paper's 256 -> 224 AlexNet protocol); ``crop_fraction=1.0`` resizes straight to the input
+  size. Images are squashed to a square (no aspect-preserving resize): garment photos are
+  portrait, and a centre crop of a short-side resize would cut the collar or the hem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+
+def _size(image_size: int) -> int:
+    if isinstance(image_size, bool) or int(image_size) != image_size or int(image_size) <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return int(image_size)
+
+
+def default_transform(image_size: int) -> v2.Compose:
+    """PIL RGB -> float32 tensor ``(3, image_size, image_size)`` in ``[0, 1]``."""
+    s = _size(image_size)
+    return v2.Compose(
+        [
+            v2.Resize((s, s), antialias=True),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+def build_transform(
+    image_size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    train: bool,
+    *,
+    crop_fraction: float = 0.875,
+    hflip: bool = True,
+) -> v2.Compose:
+    """The train (``train=True``) or eval pipeline; output ``(3, image_size, image_size)`` float32.
+
+    Args:
+        image_size: side of the square network input.
+        mean, std: per-channel normalisation ``(x - mean) / std`` on ``[0, 1]`` values; ``None``
+            for both skips normalisation.
+        train: random crop + flip when True, centre crop when False.
+        crop_fraction: ``image_size / resize_size`` in ``(0, 1]``.
+        hflip: random horizontal flip in training (turn off for left/right attributes).
+    """
+    s = _size(image_size)
+    if not 0.0 < float(crop_fraction) <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither (no normalisation)")
+    if mean is not None and (len(mean) != 3 or len(std) != 3):  # type: ignore[arg-type]
+        raise ValueError(f"mean and std need 3 values (RGB), got {mean!r} and {std!r}")
+    if std is not None and any(float(v) <= 0 for v in std):
+        raise ValueError(f"std values must be > 0, got {std!r}")
+    resize = max(s, round(s / float(crop_fraction)))
+    steps: list[v2.Transform] = [v2.Resize((resize, resize), antialias=True)]
+    if train:
+        steps.append(v2.RandomCrop(s))
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+    else:
+        steps.append(v2.CenterCrop(s))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None:
+        steps.append(v2.Normalize([float(m) for m in mean], [float(v) for v in std]))  # type: ignore[union-attr]
+    return v2.Compose(steps)

@@ -1,0 +1,645 @@
+"""The training system: S-CNN -> MTL -> MG-CNN, the paper's three stages (DESIGN.md section 1).
+
+1. **S-CNN**: every attribute gets its own CNN tail and linear head, trained by SGD on the masked
+   squared hinge. The head is the multi-task layer with S = I (K = M), so each column of
+   L is one attribute's w_m.
+2. **MTL**: on the tails' features X (N, M, D), W = [w_1 ... w_M] from S-CNN initialises L (SVD)
+   and S; Algorithm 1 (``apcnn.solvers.fit_alternating``) solves eq. 2.
+3. **MG-CNN**: alternate SGD through the fixed W = L S into the tails with re-solving L and S on the
+   new features. **M-CNN** is the same with all attributes in one group.
+
+The frozen trunk's output is computed once per dataset and cached on disk; the tails train on it.
+Every phase is a list of steps (an SGD epoch, a solver call, an evaluation); after each step the
+whole training state goes into an atomic checkpoint, so ``--resume`` continues at the next step and
+ends with exactly the result of an uninterrupted run (batch order and learning rate are pure
+functions of the seed and the step, never of hidden generator state).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.schema import AttributeSchema
+
+METHOD_ORDER = ("S-CNN", "M-CNN", "MG-CNN")
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'cpu'")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the CNN parts (None = full precision). Solvers always use fp32."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    # auto: mixed precision where it pays off (CUDA); on CPU bf16 autocast is opt-in.
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def masked_squared_hinge(scores: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled entries of 1/2 max(0, 1 - y f)^2. scores, y, mask: (B, M)."""
+    margin = torch.clamp(1.0 - y * scores, min=0.0)
+    per_entry = 0.5 * margin.square() * mask
+    return per_entry.sum() / mask.sum().clamp(min=1)
+
+
+def cosine_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
+    if schedule == "constant" or total <= 1:
+        return base_lr
+    if schedule == "step":
+        return base_lr * (0.1 ** (3 * step // max(total, 1)))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("APCNN_CACHE", Path.home() / ".cache" / "apcnn"))
+
+
+# ------------------------------------------------------------------------------ splits
+@dataclass
+class SplitData:
+    """A split's cached trunk features and its labels, all in dataset order."""
+
+    name: str
+    inputs: torch.Tensor  # (N, C, h, w) trunk features
+    targets: torch.Tensor  # (N, M) in {-1, +1}, 0 where missing
+    mask: torch.Tensor  # (N, M) bool
+    indices: np.ndarray  # (N,) positions in the dataset the split came from
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def build_datasets(cfg: Any, transform: Any) -> dict[str, Any]:
+    """train / val / test datasets from the config.
+
+    Datasets with official splits use them (``train``, ``val`` when present, ``test``); those
+    without (Clothing) use the seeded k-fold protocol of DESIGN.md section 2 on ``all``: fold
+    ``data.fold`` of ``data.folds`` is the test set. Without an official ``val`` split, a seeded
+    ``data.val_fraction`` of the training part is held out for calibration and monitoring.
+    """
+    from .data import create_dataset
+    from .data.splits import kfold_indices, train_val_split
+
+    d = cfg.data
+    kwargs = dict(root=d.root, transform=transform, **(d.options or {}))
+    if d.skip_bad_images:
+        kwargs["skip_bad_images"] = True
+    splits = available_splits(d.name)
+    if "train" in splits and "test" in splits:
+        train = create_dataset(d.name, split="train", **kwargs)
+        test = create_dataset(d.name, split="test", **kwargs)
+        if "val" in splits:
+            return {"train": train, "val": create_dataset(d.name, split="val", **kwargs),
+                    "test": test}
+        tr, va = train_val_split(np.arange(len(train)), d.val_fraction, d.split_seed)
+        return {"train": train.subset(tr), "val": train.subset(va), "test": test}
+    full = create_dataset(d.name, split="all", **kwargs)
+    if not 0 <= d.fold < d.folds:
+        from .config import ConfigError
+
+        raise ConfigError(f"data.fold={d.fold} is outside 0..{d.folds - 1} (data.folds={d.folds})")
+    train_idx, test_idx = kfold_indices(len(full), d.folds, d.split_seed)[d.fold]
+    tr, va = train_val_split(np.asarray(train_idx), d.val_fraction, d.split_seed)
+    return {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(test_idx)}
+
+
+def available_splits(name: str) -> tuple[str, ...]:
+    from .data import dataset_splits
+
+    return tuple(dataset_splits(name))
+
+
+# ------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the (deterministic) cached inputs."""
+
+    completed: int = 0  # number of plan steps done
+    results: dict[str, Any] = field(default_factory=dict)  # method -> test metrics
+    histories: dict[str, list[float]] = field(default_factory=dict)  # method -> objective
+
+
+class Trainer:
+    """Runs the plan of steps for one configuration; see the module docstring."""
+
+    def __init__(self, cfg: Any, run: Any, *, resume: bool = False) -> None:
+        from .data.transforms import build_transform
+        from .models.attribute_cnn import AttributeCNN
+        from .models.backbone import create_backbone
+        from .models.latent import LatentTaskLayer
+        from .predictor import AttributePredictor
+
+        from .config import config_to_dict
+
+        self.cfg, self.run = cfg, run
+        self.config_dict = config_to_dict(cfg)
+        self.log = run.logger
+        self.device = resolve_device(cfg.train.device)
+        self.amp = autocast_dtype(cfg.train.amp, self.device)
+        backbone, self.backbone_info = create_backbone(cfg.model.backbone, weights=cfg.model.weights)
+        info = self.backbone_info
+        self.transform = build_transform(cfg.data.image_size, info.mean, info.std, train=False)
+        self.datasets = build_datasets(cfg, self.transform)
+        self.schema: AttributeSchema = self.datasets["train"].schema
+        m = self.schema.num_attributes
+        cnn = AttributeCNN(
+            backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
+        )
+        if not cfg.model.freeze_trunk:
+            from .config import ConfigError
+
+            raise ConfigError(
+                "model.freeze_trunk=false is not supported by the CPU training engine yet; "
+                "use model.tail=all for complete per-attribute CNNs (their trunk is empty)"
+            )
+        head = LatentTaskLayer(cnn.feature_dim, m, m, bias=True)
+        self.predictor = AttributePredictor(cnn, head, m).to(self.device)
+        self._single_head(self.predictor)
+        self.model_meta = {
+            "backbone": cfg.model.backbone,
+            "weights": cfg.model.weights,
+            "tail": cfg.model.tail,
+            "freeze_trunk": cfg.model.freeze_trunk,
+            "num_attributes": m,
+            "rank": m,
+            "feature_dim": cnn.feature_dim,
+        }
+        self.preprocessing = {
+            "image_size": cfg.data.image_size,
+            "mean": list(info.mean),
+            "std": list(info.std),
+        }
+        self.splits = {name: self._cache_split(name, ds) for name, ds in self.datasets.items()}
+        self.state = TrainState()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.plan = self._make_plan()
+        if resume:
+            self._load_state()
+
+    # ------------------------------------------------------------------ data
+    def _cache_split(self, name: str, dataset: Any) -> SplitData:
+        from .features import FeatureCache, extract_features
+
+        cnn = self.predictor.cnn
+        key = {
+            "dataset": dataset.cache_key(),
+            "backbone": self.cfg.model.backbone,
+            "weights": self.backbone_info.weights_sha256,
+            "tail": str(self.cfg.model.tail),
+            "transform": repr(self.transform),
+        }
+
+        def compute() -> torch.Tensor:
+            self.log.info("extracting trunk features for %s (%d images)", name, len(dataset))
+            return extract_features(
+                cnn.forward_trunk,
+                dataset,
+                batch_size=self.cfg.train.batch_size,
+                num_workers=self.cfg.data.num_workers,
+                device=self.device,
+                amp=False,
+                progress=True,
+            )
+
+        inputs = FeatureCache(cache_root() / "features").get_or_compute(key, compute)
+        return SplitData(
+            name=name,
+            inputs=inputs.to(self.device),
+            targets=torch.as_tensor(dataset.targets, dtype=torch.float32, device=self.device),
+            mask=torch.as_tensor(dataset.mask, dtype=torch.bool, device=self.device),
+            indices=np.arange(len(dataset)),
+        )
+
+    # ------------------------------------------------------------------ plan
+    def _methods(self) -> list[str]:
+        methods = list(self.cfg.train.methods)
+        unknown = [x for x in methods if x not in METHOD_ORDER]
+        if unknown:
+            from .config import ConfigError
+
+            raise ConfigError(
+                f"train.methods: unknown method {unknown[0]!r}; valid: {', '.join(METHOD_ORDER)}"
+            )
+        return [x for x in METHOD_ORDER if x in methods or x == "S-CNN"]
+
+    def _make_plan(self) -> list[tuple[str, str, int, int]]:
+        t = self.cfg.train
+        plan = [("S-CNN", "sgd", 0, e) for e in range(t.epochs_single)]
+        plan.append(("S-CNN", "finish", 0, 0))
+        for method in self._methods()[1:]:
+            plan.append((method, "solve", 0, 0))
+            for r in range(1, t.rounds + 1):
+                plan += [(method, "sgd", r, e) for e in range(t.epochs_joint)]
+                plan.append((method, "solve", r, 0))
+            plan.append((method, "finish", 0, 0))
+        return plan
+
+    def run_plan(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(self.plan), initial=self.state.completed, desc="training", unit="step",
+            disable=not self.run.is_main,
+        )
+        for i in range(self.state.completed, len(self.plan)):
+            method, kind, rnd, epoch = self.plan[i]
+            bar.set_postfix_str(f"{method} {kind} r{rnd} e{epoch}")
+            if kind == "sgd":
+                self._sgd_epoch(method, rnd, epoch)
+            elif kind == "solve":
+                self._solve(method, rnd)
+            else:
+                self._finish(method)
+            self.state.completed = i + 1
+            self._save_state()
+            bar.update(1)
+        bar.close()
+        return self.state.results
+
+    # ------------------------------------------------------------------ stages
+    @staticmethod
+    def _single_head(predictor: nn.Module) -> None:
+        """S-CNN head: S = I (K = M), so column m of L is attribute m's own w_m."""
+        head = predictor.head
+        with torch.no_grad():
+            head.L.zero_()
+            head.S.copy_(torch.eye(head.S.shape[0], head.S.shape[1]))
+            head.bias.zero_()
+        head.S.requires_grad_(False)
+
+    def _trainable(self, method: str) -> list[nn.Parameter]:
+        params = [p for p in self.predictor.cnn.parameters() if p.requires_grad]
+        head = self.predictor.head
+        params += [head.L, head.bias] if method == "S-CNN" else [head.bias]
+        return params
+
+    def _new_optimizer(self, method: str) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        head = self.predictor.head
+        head.L.requires_grad_(method == "S-CNN")
+        head.S.requires_grad_(False)
+        return torch.optim.SGD(
+            self._trainable(method), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+
+    def _sgd_epoch(self, method: str, rnd: int, epoch: int) -> None:
+        t = self.cfg.train
+        data = self.splits["train"]
+        if self.optimizer is None or epoch == 0:
+            self.optimizer = self._new_optimizer(method)
+        epochs = t.epochs_single if method == "S-CNN" else t.epochs_joint
+        steps_per_epoch = math.ceil(len(data) / t.batch_size)
+        total = epochs * steps_per_epoch
+        seed = hash_seed(t.seed, method, rnd, epoch)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        self.predictor.train()
+        running, start = 0.0, time.time()
+        for step, idx in enumerate(order.split(t.batch_size)):
+            lr = cosine_lr(t.lr, epoch * steps_per_epoch + step, total, t.schedule)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            idx = idx.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                scores = self.predictor.forward_from_trunk(data.inputs[idx])
+            loss = masked_squared_hinge(scores.float(), data.targets[idx], data.mask[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            running += float(loss)
+        n_steps = step + 1
+        val = self._evaluate("val")
+        self.run.log_metrics(
+            self.state.completed, method=method, phase="sgd", round=rnd, epoch=epoch,
+            loss=running / n_steps, val_accuracy=val["total"], lr=lr, seconds=time.time() - start,
+        )
+        self.log.info(
+            "%s round %d epoch %d: loss %.4f, val accuracy %.2f%%",
+            method, rnd, epoch, running / n_steps, 100 * val["total"],
+        )
+
+    def _solve(self, method: str, rnd: int) -> None:
+        """Algorithm 1 on the current tail features: L, S (and bias) of eq. 2."""
+        from .models.latent import LatentTaskLayer
+        from .solvers import fit_alternating
+
+        m_cfg, data = self.cfg.mtl, self.splits["train"]
+        warm = rnd > 0
+        if not warm:
+            self._restore_scnn()  # start from S-CNN's tails and W = [w_1 .. w_M] (D x M)
+        x = self._tail_features(data)
+        y, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
+        schema = self.schema if method == "MG-CNN" else self.schema.with_single_group()
+        n = float(mask.sum(axis=0).mean())  # penalties are per training sample (see config)
+        head = self.predictor.head
+        result = fit_alternating(
+            x, y, schema.group_indices,
+            mu=m_cfg.mu * n, gamma=m_cfg.gamma * n, lam=m_cfg.lam * n,
+            K=self.cfg.model.rank, mask=mask,
+            W0=None if warm else (head.L @ head.S).detach().cpu().numpy(),
+            L0=head.L.detach().cpu().numpy() if warm else None,
+            S0=head.S.detach().cpu().numpy() if warm else None,
+            max_outer=m_cfg.max_outer, tol=m_cfg.tol, method=m_cfg.method, loss=m_cfg.loss,
+            bias=True, seed=self.cfg.train.seed,
+        )
+        if not warm:
+            new_head = LatentTaskLayer(head.L.shape[0], head.S.shape[1], self.cfg.model.rank)
+            self.predictor.head = new_head.to(self.device)
+        self.predictor.head.load_solution(result.L, result.S, result.bias)
+        self.state.histories.setdefault(method, []).extend(float(v) for v in result.history)
+        self.run.log_metrics(
+            self.state.completed, method=method, phase="solve", round=rnd,
+            objective=float(result.history[-1]), outer_iterations=int(result.n_iter),
+            converged=bool(result.converged),
+        )
+        self.log.info(
+            "%s round %d: solver objective %.5g after %d outer iterations",
+            method, rnd, result.history[-1], result.n_iter,
+        )
+
+    def _finish(self, method: str) -> None:
+        from .calibration import fit_platt
+        from .predictor import save_predictor
+
+        val_scores = self._scores("val")
+        val = self.splits["val"]
+        params = fit_platt(val_scores, val.targets.cpu().numpy(), val.mask.cpu().numpy())
+        self.predictor.calibration.copy_(torch.as_tensor(params, dtype=torch.float32))
+        metrics = self._evaluate("test")
+        self.state.results[method] = metrics
+        meta = dict(self.model_meta, rank=int(self.predictor.head.S.shape[0]))
+        save_predictor(
+            self.run.path / "checkpoints" / method,
+            self.predictor,
+            model_meta=meta,
+            schema=self.schema,
+            preprocessing=self.preprocessing,
+            config=self.config_dict,
+            extra={"method": method, "metrics": metrics},
+        )
+        if method == "S-CNN":
+            self._scnn_snapshot = copy.deepcopy(self.predictor.state_dict())
+        self.log.info("%s test accuracy %.2f%%", method, 100 * metrics["total"])
+
+    def _restore_scnn(self) -> None:
+        """M-CNN and MG-CNN both start from S-CNN's fine-tuned tails."""
+        from .models.latent import LatentTaskLayer
+
+        m = self.schema.num_attributes
+        self.predictor.head = LatentTaskLayer(self.predictor.cnn.feature_dim, m, m).to(
+            self.device
+        )
+        self.predictor.load_state_dict(self._scnn_state())
+
+    def _scnn_state(self) -> dict[str, torch.Tensor]:
+        snapshot = getattr(self, "_scnn_snapshot", None)
+        if snapshot is None:
+            from .checkpoint import load_checkpoint
+
+            snapshot, _ = load_checkpoint(self.run.path / "checkpoints" / "S-CNN")
+        return snapshot
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def _tail_features(self, data: SplitData) -> np.ndarray:
+        """X (N, M, D) float32 from the current tails, in eval mode."""
+        self.predictor.eval()
+        out = []
+        for chunk in data.inputs.split(self.cfg.train.batch_size):
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                feats = self.predictor.cnn.forward_tails(chunk)
+            out.append(feats.float().cpu())
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def _scores(self, split: str) -> np.ndarray:
+        self.predictor.eval()
+        out = []
+        for chunk in self.splits[split].inputs.split(self.cfg.train.batch_size):
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                out.append(self.predictor.forward_from_trunk(chunk).float().cpu())
+        return torch.cat(out).numpy()
+
+    def _evaluate(self, split: str) -> dict[str, Any]:
+        from .metrics import attribute_metrics
+
+        data = self.splits[split]
+        return attribute_metrics(
+            self._scores(split), data.targets.cpu().numpy(), data.mask.cpu().numpy(), self.schema
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_path(self) -> Path:
+        return self.run.path / "checkpoints" / "state"
+
+    def _save_state(self) -> None:
+        from .checkpoint import flatten_state_dict, save_checkpoint
+
+        tensors = {f"model.{k}": v.detach().cpu().contiguous()
+                   for k, v in self.predictor.state_dict().items()}
+        opt_meta = None
+        if self.optimizer is not None:
+            opt_tensors, opt_meta = flatten_state_dict(self.optimizer.state_dict())
+            tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        meta = {
+            "completed": self.state.completed,
+            "plan": [list(p) for p in self.plan],
+            "results": self.state.results,
+            "histories": self.state.histories,
+            "rank": int(self.predictor.head.S.shape[0]),
+            "optimizer": opt_meta,
+            "config": self.config_dict,
+        }
+        save_checkpoint(self._state_path(), tensors, meta)
+
+    def _load_state(self) -> None:
+        from .checkpoint import load_checkpoint, unflatten_state_dict
+        from .models.latent import LatentTaskLayer
+
+        path = self._state_path()
+        try:
+            tensors, meta = load_checkpoint(path)
+        except FileNotFoundError:
+            self.log.info("no checkpoint in %s: starting from scratch", path.parent)
+            return
+        if meta["plan"] != [list(p) for p in self.plan]:
+            from .checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"{path}: the run was started with a different schedule; resume with the "
+                "config saved in the run folder or start a new --out folder"
+            )
+        m, rank = self.schema.num_attributes, int(meta["rank"])
+        self.predictor.head = LatentTaskLayer(self.predictor.cnn.feature_dim, m, rank).to(
+            self.device
+        )
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.predictor.load_state_dict(model)
+        self.state = TrainState(
+            completed=int(meta["completed"]), results=meta["results"], histories=meta["histories"]
+        )
+        if meta["optimizer"] is not None and self.state.completed < len(self.plan):
+            method = self.plan[self.state.completed - 1][0] if self.state.completed else "S-CNN"
+            next_method, next_kind, _, next_epoch = self.plan[self.state.completed]
+            if next_kind == "sgd" and next_epoch > 0 and next_method == method:
+                self.optimizer = self._new_optimizer(next_method)
+                opt = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+                self.optimizer.load_state_dict(unflatten_state_dict(opt, meta["optimizer"]))
+        self.log.info("resumed after step %d of %d", self.state.completed, len(self.plan))
+
+
+def hash_seed(seed: int, method: str, rnd: int, epoch: int) -> int:
+    """A generator seed that depends only on the run seed and the step (stable across runs)."""
+    import zlib
+
+    return zlib.crc32(f"{seed}/{method}/{rnd}/{epoch}".encode()) & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------ entry points
+def train(cfg: Any, *, resume: bool = False) -> dict[str, Any]:
+    """Train every method of ``cfg.train.methods`` and write the run folder ``cfg.run.out``.
+
+    Returns ``{"results": {method: metrics}, "histories": ..., "schema": AttributeSchema,
+    "S": final S, "W": final W, "seconds": wall time}``.
+    """
+    from .config import check_data_root, save_config
+    from .runlog import RunDir, seed_everything
+
+    check_data_root(cfg)
+    start = time.time()
+    seed_everything(cfg.train.seed)
+    with RunDir(cfg.run.out) as run:
+        if run.is_main:
+            save_config(cfg, run.path / "config.yaml")
+            run.write_environment(seed=cfg.train.seed)
+        trainer = Trainer(cfg, run, resume=resume)
+        results = trainer.run_plan()
+        head = trainer.predictor.head
+        out = {
+            "results": results,
+            "histories": trainer.state.histories,
+            "schema": trainer.schema,
+            "S": head.S.detach().cpu().numpy(),
+            "W": (head.L @ head.S).detach().cpu().numpy(),
+            "seconds": time.time() - start,
+        }
+        write_run_outputs(run, cfg, out)
+    return out
+
+
+def write_run_outputs(run: Any, cfg: Any, out: dict[str, Any]) -> None:
+    """metrics.json (results.json fields per method) and report.md in the run folder."""
+    from .metrics import method_block
+    from .reports import write_report
+
+    if not run.is_main:
+        return
+    schema = out["schema"]
+    methods = {name: method_block([m], schema) for name, m in out["results"].items()}
+    results = {
+        "protocol": {
+            "dataset": cfg.data.name,
+            "fold": cfg.data.fold,
+            "folds": cfg.data.folds,
+            "seed": cfg.train.seed,
+        },
+        "methods": methods,
+        "seconds": out["seconds"],
+    }
+    run.save_json("metrics.json", results)
+    history = None
+    if out["histories"]:
+        history = out["histories"][list(out["histories"])[-1]]
+    write_report(run.path, results, schema=schema, S=out["S"], W=out["W"], history=history)
+    out["results_json"] = results
+
+
+def train_from_config(
+    *, config_path: str | None, overrides: list[str], out: str | None, resume: bool
+) -> dict[str, Any]:
+    from .config import TrainConfig, load_config
+    from .reports import format_table
+
+    all_overrides = list(overrides) + ([f"run.out={out}"] if out else [])
+    cfg = load_config(TrainConfig, config_path, all_overrides)
+    result = train(cfg, resume=resume)
+    print(format_table(result["results_json"], None))
+    return result
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, *, root: str | None = None, split: str = "test"
+) -> dict[str, Any]:
+    """Metrics of a predictor checkpoint on a split of the dataset it was trained on."""
+    from .config import TrainConfig, config_from_dict
+    from .data.transforms import build_transform
+    from .features import extract_features
+    from .metrics import attribute_metrics, method_block
+    from .predictor import load_predictor
+    from .reports import format_table
+
+    predictor, meta = load_predictor(checkpoint)
+    cfg = config_from_dict(TrainConfig, meta["config"])
+    if root is not None:
+        cfg.data.root = root
+    pre = meta["preprocessing"]
+    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    datasets = build_datasets(cfg, transform)
+    if split not in datasets:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
+    dataset = datasets[split]
+    device = resolve_device(cfg.train.device)
+    predictor.to(device)
+    scores = extract_features(
+        predictor, dataset, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
+        device=device, amp=False, progress=True,
+    ).numpy()
+    schema = AttributeSchema.from_dict(meta["schema"])
+    metrics = attribute_metrics(scores, dataset.targets, dataset.mask, schema)
+    method = meta.get("method", "model")
+    block = {"methods": {method: method_block([metrics], schema)}}
+    return {"metrics": metrics, "table": format_table(block, None)}
+
+
+def predict_images(checkpoint: str | Path, images: list[str]) -> list[dict[str, Any]]:
+    """Per image: per attribute score, calibrated probability and decision."""
+    from .data.images import open_rgb
+    from .data.transforms import build_transform
+    from .predictor import decisions_from_scores, load_predictor
+
+    predictor, meta = load_predictor(checkpoint)
+    pre = meta["preprocessing"]
+    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    batch = torch.stack([transform(open_rgb(p)) for p in images])
+    with torch.inference_mode():
+        scores = predictor(batch)
+        probs = predictor.probabilities(scores)
+    schema = AttributeSchema.from_dict(meta["schema"])
+    items = decisions_from_scores(scores.numpy(), probs.numpy(), schema)
+    for path, item in zip(images, items):
+        item["image"] = str(path)
+    return items

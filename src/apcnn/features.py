@@ -1,0 +1,238 @@
+"""Fast feature extraction and an on-disk feature cache.
+
+``extract_features(fn, dataset, ...)`` runs ``fn`` (a module or function mapping a batch of images
+(B, 3, H, W) to a tensor (B, ...)) over a dataset and returns the stacked outputs (N, ...) in
+dataset order, as float32 on the CPU. Fast path: ``torch.inference_mode``, channels-last input,
+optional autocast (bf16 on CPU), a ``DataLoader`` with worker processes, progress bar (tqdm).
+
+``FeatureCache(root).get_or_compute(key_parts, compute_fn)`` memoises such a tensor on disk as
+``<sha256 of key parts>.safetensors`` (plus ``.json`` with the key parts), written atomically.
+Changing any key part (dataset ``cache_key()``, backbone name, weights sha256, transform
+description, trunk split...) gives a new file; a corrupt or truncated file is recomputed with a
+warning.
+
+Datasets follow the apcnn contract: ``dataset[i]`` is a dict with at least ``image`` (3, H, W)
+float tensor and ``index`` (int64 scalar, equal to ``i``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FeatureCache", "extract_features", "key_digest"]
+
+
+def _collate_images(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``image`` and ``index`` only (other fields are not needed for features)."""
+    images = torch.stack([it["image"] for it in items])
+    index = torch.as_tensor([int(it["index"]) for it in items], dtype=torch.int64)
+    return images, index
+
+
+def _autocast_dtype(amp: bool | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    if amp is None or amp is False:
+        return None
+    if amp is True:
+        return torch.bfloat16 if device.type == "cpu" else torch.float16
+    if isinstance(amp, torch.dtype):
+        return amp
+    raise TypeError(f"amp must be a bool, a torch.dtype or None, got {amp!r}")
+
+
+def extract_features(
+    module_fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Any,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    amp: bool | torch.dtype | None = False,
+    progress: bool = False,
+    channels_last: bool = True,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Apply ``module_fn`` to every image of ``dataset``; returns (N, ...) float32 on the CPU.
+
+    Args:
+        module_fn: images (B, 3, H, W) on ``device`` -> (B, ...). An ``nn.Module`` is put in
+            eval mode for the call (its mode is restored afterwards).
+        dataset: ``len(dataset)`` items, ``dataset[i]["image"]`` (3, H, W), ``["index"] == i``.
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes (0 = load in this process).
+        device: where ``module_fn`` runs.
+        amp: autocast: ``True`` = bf16 on CPU / fp16 on CUDA, or an explicit dtype; False = off.
+        progress: show a tqdm progress bar.
+        channels_last: feed images in channels-last memory format (faster convolutions).
+        desc: progress bar label.
+
+    Row i of the result is the output for ``dataset[i]`` (rows are placed by ``index``).
+    The result is an ordinary tensor (not an inference tensor), usable in autograd.
+    """
+    from torch.utils.data import DataLoader
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    n = len(dataset)
+    dev = torch.device(device)
+    cast = _autocast_dtype(amp, dev)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_images,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+    )
+    was_training = None
+    if isinstance(module_fn, torch.nn.Module):
+        was_training = module_fn.training
+        module_fn.eval()
+    out: torch.Tensor | None = None
+    seen = torch.zeros(n, dtype=torch.bool)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="img", leave=False)
+    try:
+        with torch.inference_mode():
+            for images, index in loader:
+                x = images.to(dev, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if cast is not None:
+                    with torch.autocast(dev.type, dtype=cast):
+                        y = module_fn(x)
+                else:
+                    y = module_fn(x)
+                y = y.float().cpu()
+                if out is None:
+                    with torch.inference_mode(False):
+                        out = torch.empty((n, *y.shape[1:]), dtype=torch.float32)
+                out[index] = y
+                seen[index] = True
+                if bar is not None:
+                    bar.update(len(index))
+    finally:
+        if bar is not None:
+            bar.close()
+        if was_training is not None:
+            module_fn.train(was_training)  # type: ignore[union-attr]
+    if out is None:
+        raise ValueError("dataset is empty; nothing to extract")
+    if not bool(seen.all()):
+        raise ValueError("dataset items' 'index' fields do not cover 0..len(dataset)-1")
+    return out
+
+
+def _canonical(key_parts: Mapping[str, Any]) -> str:
+    if not isinstance(key_parts, Mapping) or not key_parts:
+        raise ValueError("key_parts must be a non-empty dict of JSON-serialisable values")
+    try:
+        return json.dumps(dict(key_parts), sort_keys=True, separators=(",", ":"), default=None)
+    except TypeError as exc:
+        raise TypeError(f"key_parts must be JSON-serialisable ({exc}); convert values to str") from exc
+
+
+def key_digest(key_parts: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``key_parts`` (sorted keys)."""
+    return hashlib.sha256(_canonical(key_parts).encode()).hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class FeatureCache:
+    """Directory of cached feature tensors keyed by a dict of key parts.
+
+    ``root/<digest>.safetensors`` holds the tensor under the name ``"features"`` and the
+    canonical key JSON in its metadata; ``root/<digest>.json`` records the key parts, shape and
+    dtype for people. ``digest = key_digest(key_parts)``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def path(self, key_parts: Mapping[str, Any]) -> Path:
+        """Where the tensor for ``key_parts`` lives."""
+        return self.root / f"{key_digest(key_parts)}.safetensors"
+
+    def load(self, key_parts: Mapping[str, Any]) -> torch.Tensor | None:
+        """The cached tensor, or None when absent; a corrupt file warns and returns None."""
+        from safetensors import safe_open
+
+        path = self.path(key_parts)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != _canonical(key_parts):
+                    raise ValueError("stored key differs from the requested key")
+                return f.get_tensor("features")
+        except Exception as exc:  # truncated, corrupt, foreign file
+            warnings.warn(
+                f"feature cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
+                "recomputing it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def save(self, key_parts: Mapping[str, Any], tensor: torch.Tensor) -> Path:
+        """Write ``tensor`` for ``key_parts`` atomically (temporary file, then ``os.replace``)."""
+        from safetensors.torch import save_file
+
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"compute_fn must return a torch.Tensor, got {type(tensor).__name__}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(key_parts)
+        key = _canonical(key_parts)
+        data = tensor.detach().cpu().contiguous()
+        _atomic_write(path, lambda tmp: save_file({"features": data}, tmp, metadata={"key": key}))
+        info = {
+            "key_parts": json.loads(key),
+            "shape": list(data.shape),
+            "dtype": str(data.dtype).replace("torch.", ""),
+            "file": path.name,
+        }
+
+        def write_json(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump(info, f, indent=2, sort_keys=True)
+
+        _atomic_write(path.with_suffix(".json"), write_json)
+        return path
+
+    def get_or_compute(
+        self, key_parts: Mapping[str, Any], compute_fn: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """The cached tensor for ``key_parts``; computed with ``compute_fn()`` and stored when
+        it is missing or unreadable."""
+        cached = self.load(key_parts)
+        if cached is not None:
+            return cached
+        tensor = compute_fn()
+        self.save(key_parts, tensor)
+        return tensor.detach().cpu()

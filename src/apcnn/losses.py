@@ -1,0 +1,111 @@
+"""Per-sample attribute losses of the multi-task model (pure functions over torch tensors).
+
+Every function takes
+
+* ``scores``: ``(N, M)`` tensor, ``f_m(i) = x_m(i)ᵀ L s_m (+ b_m)``;
+* ``Y``: ``(N, M)`` labels in ``{-1, +1}`` (entries where ``mask`` is False may hold anything,
+  NaN included: they are never read);
+* ``mask``: ``(N, M)`` bool (True = labelled) or ``None`` (everything labelled).
+
+With the margin ``z = y f`` the losses are
+
+* ``"squared_hinge"`` (the paper, eq. 2): ``ℓ(z) = ½ max(0, 1 − z)²``, ``ℓ'(z) = −max(0, 1 − z)``.
+  Smooth, ``ℓ''(z) ≤ 1``.
+* ``"hinge"``: ``ℓ(z) = max(0, 1 − z)``, subgradient ``−1[z < 1]``. **Non-smooth**: it is offered
+  for evaluation and for stochastic (sub)gradient training of networks; the proximal-gradient
+  solvers of :mod:`apcnn.solvers` (FISTA, APG, SPGD) need a Lipschitz gradient and refuse it
+  (use ``"squared_hinge"``, the paper's loss, or ``"logistic"``).
+* ``"logistic"``: ``ℓ(z) = log(1 + e^{−z})``, ``ℓ'(z) = −σ(−z)``. Smooth, ``ℓ''(z) ≤ ¼``.
+
+The total loss is ``Σ_{(i, m): mask[i, m]} ℓ(y_m(i) f_m(i))``; unlabelled entries contribute
+nothing to the value and zero to the gradient ``∂/∂f_m(i) = y_m(i) ℓ'(y_m(i) f_m(i))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+LOSSES: tuple[str, ...] = ("squared_hinge", "hinge", "logistic")
+
+#: Upper bound of ``ℓ''`` for the smooth losses: the Lipschitz constant of ``ℓ'``.
+CURVATURE: dict[str, float] = {"squared_hinge": 1.0, "logistic": 0.25}
+
+
+def check_loss(kind: str, *, smooth: bool = False) -> str:
+    """Return ``kind`` if it names a loss (a smooth one when ``smooth``), else raise ValueError."""
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} (got {kind!r})")
+    if smooth and kind not in CURVATURE:
+        raise ValueError(
+            f"loss={kind!r} is non-smooth and the proximal-gradient solvers need a smooth loss; "
+            "use loss='squared_hinge' (the paper's) or loss='logistic'"
+        )
+    return kind
+
+
+def _prepare(scores: Tensor, Y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Margins ``z = y f`` with unlabelled entries' labels replaced by +1, and a float mask."""
+    if mask is None:
+        m = torch.ones_like(scores)
+        y = Y.to(scores.dtype)
+    else:
+        m = mask.to(scores.dtype)
+        y = torch.where(mask.bool(), Y.to(scores.dtype), torch.ones_like(scores))
+    return y, m
+
+
+def elementwise(
+    scores: Tensor, Y: Tensor, mask: Tensor | None = None, kind: str = "squared_hinge"
+) -> tuple[Tensor, Tensor]:
+    """Per-entry losses and their derivatives w.r.t. the scores.
+
+    Returns ``(losses, dscores)``, both ``(N, M)``: ``losses[i, m] = ℓ(y f)`` and
+    ``dscores[i, m] = y ℓ'(y f)``, both exactly zero where ``mask`` is False.
+    """
+    check_loss(kind)
+    y, m = _prepare(scores, Y, mask)
+    z = y * scores
+    if kind == "squared_hinge":
+        r = torch.clamp(1.0 - z, min=0.0)
+        return 0.5 * r * r * m, -y * r * m
+    if kind == "hinge":
+        r = 1.0 - z
+        return torch.clamp(r, min=0.0) * m, -y * (r > 0).to(scores.dtype) * m
+    # logistic: softplus(-z) is stable for large |z|; σ(−z) = 1 − σ(z)
+    return torch.nn.functional.softplus(-z) * m, -y * torch.sigmoid(-z) * m
+
+
+def loss_value(
+    scores: Tensor, Y: Tensor, mask: Tensor | None = None, kind: str = "squared_hinge"
+) -> Tensor:
+    """Total loss ``Σ_{mask} ℓ(y f)`` as a 0-dim tensor."""
+    return elementwise(scores, Y, mask, kind)[0].sum()
+
+
+def loss_and_grad(
+    scores: Tensor, Y: Tensor, mask: Tensor | None = None, kind: str = "squared_hinge"
+) -> tuple[Tensor, Tensor]:
+    """Total loss and its gradient w.r.t. the scores.
+
+    Returns ``(value, dscores)``: ``value = Σ_{mask} ℓ(y f)`` (0-dim tensor) and
+    ``dscores = ∂value/∂scores`` (``(N, M)``, zero on unlabelled entries; for ``"hinge"`` the
+    subgradient with ``ℓ'(1) = 0``).
+    """
+    losses, d = elementwise(scores, Y, mask, kind)
+    return losses.sum(), d
+
+
+def squared_hinge(scores: Tensor, Y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``Σ_{mask} ½ max(0, 1 − y f)²`` (the paper's loss)."""
+    return loss_value(scores, Y, mask, "squared_hinge")
+
+
+def hinge(scores: Tensor, Y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``Σ_{mask} max(0, 1 − y f)``."""
+    return loss_value(scores, Y, mask, "hinge")
+
+
+def logistic(scores: Tensor, Y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``Σ_{mask} log(1 + exp(−y f))``."""
+    return loss_value(scores, Y, mask, "logistic")

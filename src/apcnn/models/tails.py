@@ -1,0 +1,346 @@
+"""M attribute-specific copies of a CNN tail, run as one batched computation.
+
+A *tail* is a stack of conv / batch-norm / activation layers (for EfficientNets: the last blocks
+and ``conv_head`` + ``bn2``) followed by global average pooling. ``StackedTail`` holds M copies
+with independent weights and runs them together on **channel-stacked** tensors: a tensor of shape
+(B, M*C, H, W) whose channel index is ``m*C + c`` holds channel c of copy m. On that layout
+
+- a convolution with weight (Cout, Cin/g, k, k) and ``groups=g`` becomes one convolution with the
+  M weights concatenated, (M*Cout, Cin/g, k, k), and ``groups=M*g``; a depthwise conv (g = C)
+  becomes ``groups=M*C``. The first convolution of a tail sees the same input for every copy, so
+  when it is dense (g = 1) it runs once on the un-stacked input with ``groups=1`` and M*Cout
+  output channels (one GEMM instead of M);
+- batch norm is per channel, so BN over M*C channels is exactly M independent BNs, in train mode
+  (batch statistics per copy) and in eval mode (running statistics per copy);
+- activations, residual additions, squeeze-excite pooling and gating act per channel and need
+  no change; the final global average pool gives (B, M*D), viewed as (B, M, D).
+
+Every Conv2d / BatchNorm2d inside the given layers is replaced by ``StackedConv2d`` /
+``StackedBatchNorm2d``; the block modules themselves (timm's ``InvertedResidual``,
+``DepthwiseSeparableConv``, ``SqueezeExcite``...) are kept, so their own ``forward`` runs on the
+stacked layout. Layers with other parameters raise ``NotImplementedError``.
+Stochastic depth (``DropPath``), if enabled, drops a sample in all M copies together.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["StackedBatchNorm2d", "StackedConv2d", "StackedTail", "stack_module", "unstack_module"]
+
+
+def _is_same_pad_conv(conv: nn.Conv2d) -> bool:
+    """timm's TF-style dynamic 'SAME' padding convolutions (pad computed from the input size)."""
+    return type(conv).__name__ in {"Conv2dSame", "Conv2dSameExport"}
+
+
+def _meta_template(module: nn.Module) -> nn.Module:
+    """A weightless copy (parameters on the meta device) used to rebuild single copies."""
+    return copy.deepcopy(module).to("meta")
+
+
+def _materialise(template: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    mod = copy.deepcopy(template).to_empty(device=device)
+    return mod.to(dtype) if dtype.is_floating_point else mod
+
+
+class StackedConv2d(nn.Module):
+    """M copies of ``conv`` on channel-stacked input.
+
+    Input (B, M*Cin, H, W) — or (B, Cin, H, W) when ``shared_input`` (only for ``groups == 1``) —
+    output (B, M*Cout, H', W'). Weight (M*Cout, Cin/groups, kh, kw), bias (M*Cout,) or None;
+    rows ``m*Cout:(m+1)*Cout`` belong to copy m. All copies start equal to ``conv``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, num_copies: int, *, shared_input: bool = False):
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise NotImplementedError(f"padding_mode={conv.padding_mode!r} is not supported")
+        self.num_copies = int(num_copies)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.padding = conv.padding
+        self.groups = conv.groups
+        self.same_pad = _is_same_pad_conv(conv)
+        self.shared_input = False
+        w = conv.weight.detach()
+        self.weight = nn.Parameter(w.repeat(self.num_copies, 1, 1, 1))
+        self.bias = (
+            nn.Parameter(conv.bias.detach().repeat(self.num_copies))
+            if conv.bias is not None
+            else None
+        )
+        self._template = [_meta_template(conv)]  # a list: not registered as a submodule
+        self.set_shared_input(shared_input)
+
+    def set_shared_input(self, shared: bool) -> None:
+        """Take the un-stacked (B, Cin, H, W) input shared by all copies (dense convs only)."""
+        if shared and self.groups != 1:
+            raise ValueError("shared_input=True needs a dense convolution (groups=1)")
+        self.shared_input = bool(shared)
+
+    @property
+    def conv_groups(self) -> int:
+        return self.groups if self.shared_input else self.groups * self.num_copies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_pad:
+            from timm.layers import pad_same
+
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+            padding: tuple[int, ...] | str = (0, 0)
+        else:
+            padding = self.padding
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, padding, self.dilation, self.conv_groups
+        )
+
+    def copy_slice(self, m: int) -> slice:
+        return slice(m * self.out_channels, (m + 1) * self.out_channels)
+
+    def unstacked(self, m: int) -> nn.Conv2d:
+        """An independent ``nn.Conv2d`` (same class as the original) holding copy m."""
+        conv = _materialise(self._template[0], self.weight.device, self.weight.dtype)
+        self.export_copy(m, conv)
+        return conv  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def export_copy(self, m: int, conv: nn.Conv2d) -> None:
+        conv.weight.copy_(self.weight[self.copy_slice(m)])
+        if self.bias is not None:
+            conv.bias.copy_(self.bias[self.copy_slice(m)])
+
+    @torch.no_grad()
+    def import_copy(self, m: int, conv: nn.Conv2d) -> None:
+        """Overwrite copy m with the weights of an unbatched ``conv``."""
+        self.weight[self.copy_slice(m)] = conv.weight.to(self.weight)
+        if self.bias is not None:
+            self.bias[self.copy_slice(m)] = conv.bias.to(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"copies={self.num_copies}, {self.in_channels}->{self.out_channels}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}, "
+            f"shared_input={self.shared_input}, same_pad={self.same_pad}"
+        )
+
+
+class StackedBatchNorm2d(nn.Module):
+    """M copies of a BatchNorm2d (or timm ``BatchNormAct2d``: BN, then dropout and activation).
+
+    Parameters and running statistics have M*C entries, copy m at ``m*C:(m+1)*C``; in train mode
+    each channel is normalised by its own batch statistics, so copies never mix.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, num_copies: int):
+        super().__init__()
+        self.num_copies = int(num_copies)
+        self.num_features = bn.num_features
+        self.eps, self.momentum = bn.eps, bn.momentum
+        self.affine, self.track_running_stats = bn.affine, bn.track_running_stats
+        M = self.num_copies
+
+        def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().repeat(M)
+
+        self.weight = nn.Parameter(rep(bn.weight)) if bn.weight is not None else None
+        self.bias = nn.Parameter(rep(bn.bias)) if bn.bias is not None else None
+        self.register_buffer("running_mean", rep(bn.running_mean))
+        self.register_buffer("running_var", rep(bn.running_var))
+        nbt = bn.num_batches_tracked
+        self.register_buffer("num_batches_tracked", None if nbt is None else nbt.detach().clone())
+        self.drop = copy.deepcopy(getattr(bn, "drop", nn.Identity()))
+        self.act = copy.deepcopy(getattr(bn, "act", nn.Identity()))
+        self._template = [_meta_template(bn)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        x = F.batch_norm(
+            x,
+            self.running_mean if use_buffers else None,
+            self.running_var if use_buffers else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            factor,
+            self.eps,
+        )
+        return self.act(self.drop(x))
+
+    def copy_slice(self, m: int) -> slice:
+        return slice(m * self.num_features, (m + 1) * self.num_features)
+
+    def unstacked(self, m: int) -> nn.Module:
+        """An independent BN module (same class as the original) holding copy m."""
+        ref = self.weight if self.weight is not None else self.running_mean
+        device = ref.device if ref is not None else torch.device("cpu")
+        dtype = ref.dtype if ref is not None else torch.float32
+        bn = _materialise(self._template[0], device, dtype)
+        self.export_copy(m, bn)
+        return bn
+
+    @torch.no_grad()
+    def export_copy(self, m: int, bn: nn.Module) -> None:
+        s = self.copy_slice(m)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            src = getattr(self, name)
+            if src is not None:
+                getattr(bn, name).copy_(src[s])
+        if self.num_batches_tracked is not None:
+            bn.num_batches_tracked.copy_(self.num_batches_tracked)
+
+    @torch.no_grad()
+    def import_copy(self, m: int, bn: nn.Module) -> None:
+        """Overwrite copy m with the parameters and statistics of an unbatched BN."""
+        s = self.copy_slice(m)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            dst = getattr(self, name)
+            if dst is not None:
+                dst[s] = getattr(bn, name).to(dst)
+
+    def extra_repr(self) -> str:
+        return f"copies={self.num_copies}, {self.num_features}, eps={self.eps}"
+
+
+_STACKED = (StackedConv2d, StackedBatchNorm2d)
+
+
+def _has_own_state(module: nn.Module) -> bool:
+    return any(v is not None for v in module._parameters.values()) or any(
+        v is not None for v in module._buffers.values()
+    )
+
+
+def _convert(module: nn.Module, num_copies: int) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        return StackedConv2d(module, num_copies)
+    if isinstance(module, nn.BatchNorm2d):
+        return StackedBatchNorm2d(module, num_copies)
+    if _has_own_state(module):
+        raise NotImplementedError(
+            f"cannot stack layer type {type(module).__name__}: batched tails support Conv2d, "
+            "BatchNorm2d and parameter-free layers; choose a tail without it (e.g. tail='head')"
+        )
+    new = copy.copy(module)
+    new.__dict__ = module.__dict__.copy()
+    new._modules = OrderedDict(
+        (name, None if child is None else _convert(child, num_copies))
+        for name, child in module._modules.items()
+    )
+    return new
+
+
+def stack_module(module: nn.Module, num_copies: int) -> nn.Module:
+    """Copy of ``module`` for channel-stacked input: every Conv2d / BatchNorm2d becomes its
+    M-copy version (all copies equal to the original); containers and parameter-free layers are
+    copied and keep their ``forward``. ``module`` itself is not modified."""
+    if num_copies < 1:
+        raise ValueError(f"num_copies must be >= 1, got {num_copies}")
+    return _convert(module, num_copies)
+
+
+def unstack_module(module: nn.Module, m: int) -> nn.Module:
+    """Inverse of :func:`stack_module` for copy ``m``: an ordinary module with copy m's weights
+    (parameters are fresh tensors, independent of the stacked module)."""
+    if isinstance(module, _STACKED):
+        return module.unstacked(m)
+    new = copy.copy(module)
+    new.__dict__ = module.__dict__.copy()
+    new._modules = OrderedDict(
+        (name, None if child is None else unstack_module(child, m))
+        for name, child in module._modules.items()
+    )
+    return new
+
+
+def _leading_dense_conv(layer: nn.Module) -> StackedConv2d | None:
+    """The stacked conv that first sees the tail's input, if it is dense and the input is not
+    also used elsewhere (a residual block's shortcut); otherwise None."""
+    if isinstance(layer, StackedConv2d):
+        return layer if layer.groups == 1 else None
+    if getattr(layer, "has_skip", True):  # unknown containers might reuse their input
+        return None
+    if getattr(layer, "conv_s2d", None) is not None:
+        return None
+    for child in layer.modules():
+        if isinstance(child, _STACKED):
+            return child if isinstance(child, StackedConv2d) and child.groups == 1 else None
+    return None
+
+
+class StackedTail(nn.Module):
+    """M attribute-specific copies of ``layers`` + global average pooling, batched.
+
+    ``forward(x)``: x (B, C, H, W), the features shared by all copies (trunk output) ->
+    (B, M, D), where ``out[:, m]`` = avgpool(layers_m(x)) and D is the last layer's channels.
+    ``unstacked(m)`` returns copy m as an ordinary ``nn.Sequential`` mapping (B, C, H, W) to (B, D).
+
+    Args:
+        layers: the tail, in execution order (e.g. ``[*blocks[-n:], conv_head, bn2]``); copied,
+            not modified.
+        num_copies: M >= 1.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], num_copies: int):
+        super().__init__()
+        if num_copies < 1:
+            raise ValueError(f"num_copies must be >= 1, got {num_copies}")
+        if len(layers) == 0:
+            raise ValueError("a tail needs at least one layer")
+        self.num_copies = int(num_copies)
+        self.layers = nn.Sequential(*[stack_module(layer, num_copies) for layer in layers])
+        stacked = [mod for mod in self.layers.modules() if isinstance(mod, _STACKED)]
+        if not stacked:
+            raise ValueError("the tail has no Conv2d/BatchNorm2d layer to make attribute-specific")
+        last = stacked[-1]
+        self.feature_dim = (
+            last.out_channels if isinstance(last, StackedConv2d) else last.num_features
+        )
+        lead = _leading_dense_conv(self.layers[0])
+        if lead is not None:
+            lead.set_shared_input(True)
+        self.expand_input = lead is None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) shared features -> (B, M, D) attribute-specific pooled features."""
+        if x.ndim != 4:
+            raise ValueError(f"tail input must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.expand_input:
+            x = x.repeat(1, self.num_copies, 1, 1)  # channel layout (M, C)
+        y = self.layers(x)
+        return y.mean((2, 3)).view(y.shape[0], self.num_copies, self.feature_dim)
+
+    def unstacked(self, m: int) -> nn.Sequential:
+        """Copy m as an independent module: (B, C, H, W) -> (B, D)."""
+        self._check_index(m)
+        mods = [unstack_module(layer, m) for layer in self.layers]
+        seq = nn.Sequential(*mods, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        return seq.train(self.training)
+
+    @torch.no_grad()
+    def load_copy(self, m: int, module: nn.Module) -> None:
+        """Overwrite copy m with the weights of an unbatched tail (as from ``unstacked``)."""
+        self._check_index(m)
+        src = dict(module.named_modules())
+        for name, mod in self.layers.named_modules():
+            if isinstance(mod, _STACKED):
+                if name not in src:
+                    raise ValueError(f"module has no layer {name!r}; pass a tail from unstacked()")
+                mod.import_copy(m, src[name])
+
+    def _check_index(self, m: int) -> None:
+        if not 0 <= m < self.num_copies:
+            raise IndexError(f"copy index {m} out of range for {self.num_copies} copies")

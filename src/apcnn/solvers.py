@@ -1,0 +1,1085 @@
+"""Solvers for the multi-task latent model of Abdulnabi et al. (IEEE TMM 2015), eq. 2.
+
+With ``W = L S`` (``L``: ``(D, K)`` latent tasks, ``S``: ``(K, M)`` combinations) and scores
+``f_m(i) = x_m(i)ᵀ L s_m (+ b_m)``::
+
+    F(L, S) = Σ_m Σ_{i: mask[i, m]} ℓ(y_m(i) f_m(i))
+              + μ Σ_k Σ_g ‖S[k, g]‖₂ + γ ‖L‖₁ + λ ‖L‖_F²
+
+``ℓ(z) = ½ max(0, 1 − z)²`` by default (see :mod:`apcnn.losses`). ``X`` is ``(N, M, D)``
+(attribute-specific features, one CNN per attribute) or ``(N, D)`` (shared features); ``Y`` is
+``(N, M)`` in ``{−1, +1}``; ``mask`` ``(N, M)`` bool, True = labelled; ``groups`` a list of lists of
+attribute indices (a partition of ``range(M)`` unless ``overlapping=True``).
+
+Public functions take NumPy arrays or torch tensors; the result has the kind, dtype and device of
+``X`` (computation in float64 for float64 input, float32 otherwise).
+
+* :func:`objective` — ``F`` (optionally with a per-attribute bias).
+* :func:`fit_combination` — step (a), ``S`` given ``L``: FISTA with exact block soft-thresholding
+  (disjoint groups; per-group step sizes, monotone with adaptive restart) or SPGD (Nesterov
+  smoothing of the group norm with continuation; needed for overlapping groups). The projections
+  ``P_m = X_m L`` are computed once per call.
+* :func:`fit_latent` — step (b), ``L`` given ``S``: monotone APG with ℓ1 prox, ``λ‖L‖_F²`` in the
+  smooth part.
+* :func:`fit_alternating` — Algorithm 1 (alternate (a) and (b) until the relative decrease of ``F``
+  falls below ``tol``); :func:`fit_independent` and :func:`init_from_w` build the initialisation.
+* :func:`optimality_gap_S`, :func:`optimality_gap_L` — KKT certificates (max violation of the
+  subgradient optimality conditions).
+
+The proximal-gradient methods need a smooth loss: ``loss="hinge"`` is refused by the solvers
+(``objective`` evaluates it).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from apcnn.losses import CURVATURE, check_loss, elementwise
+from apcnn.regularizers import (
+    GroupIndex,
+    frobenius_sq,
+    group_norm,
+    group_norms,
+    prox_group,
+    prox_l1,
+    smoothed_group_norm,
+    smoothing_gap_bound,
+    smoothing_lipschitz,
+)
+
+__all__ = [
+    "AlternatingResult",
+    "SolverInfo",
+    "fit_alternating",
+    "fit_combination",
+    "fit_independent",
+    "fit_latent",
+    "init_from_w",
+    "objective",
+    "optimality_gap_L",
+    "optimality_gap_S",
+]
+
+METHODS = ("fista", "spgd")
+
+
+@dataclass
+class SolverInfo:
+    """What a sub-solver did.
+
+    Attributes:
+        n_iter: proximal-gradient iterations (all SPGD stages together).
+        converged: the KKT violation fell below ``tol ×`` scale (for SPGD: the continuation ended
+            with a smoothing error below ``tol`` relative) before ``max_iter``.
+        objective: final objective of the sub-problem (eq. 2 terms that depend on the variable,
+            with the loss over all attributes).
+        gap: final KKT violation (absolute; for SPGD the gradient norm of the smoothed problem).
+        scale: the gradient scale ``max(‖∇f(0)‖_∞, penalty)`` that ``tol`` is relative to.
+    """
+
+    n_iter: int
+    converged: bool
+    objective: float
+    gap: float
+    scale: float
+    stages: int = 1
+
+
+@dataclass
+class AlternatingResult:
+    """Result of :func:`fit_alternating`.
+
+    Attributes:
+        L: ``(D, K)`` latent task matrix.
+        S: ``(K, M)`` combination matrix.
+        bias: ``(M,)`` per-attribute bias, or None when fitted without bias.
+        history: objective after initialisation (``history[0]``) and after each half-step
+            ((a) then (b)); non-increasing.
+        n_iter: outer iterations done.
+        converged: the stopping rule (relative decrease over one outer iteration < ``tol``) fired
+            before ``max_outer``.
+        infos: per half-step :class:`SolverInfo`.
+    """
+
+    L: Any
+    S: Any
+    bias: Any
+    history: list[float]
+    n_iter: int
+    converged: bool
+    infos: list[SolverInfo] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+@dataclass
+class _Ctx:
+    """Array kind, dtype and device of the output (those of ``X``) and the working dtype."""
+
+    torch_out: bool
+    out_dtype: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    def t(self, a: Any, name: str, *, dtype: torch.dtype | None = None) -> Tensor:
+        if isinstance(a, Tensor):
+            t = a.detach()
+        else:
+            try:
+                t = torch.as_tensor(np.asarray(a))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} must be a NumPy array or torch tensor ({exc})") from None
+        if t.dtype == torch.bool and dtype is None:
+            dtype = self.dtype
+        return t.to(device=self.device, dtype=dtype or self.dtype)
+
+    def out(self, t: Tensor | None) -> Any:
+        if t is None:
+            return None
+        if self.torch_out:
+            return t.to(self.out_dtype)
+        return t.detach().cpu().numpy().astype(self.out_dtype, copy=False)
+
+
+def _context(X: Any) -> tuple[_Ctx, Tensor]:
+    if isinstance(X, Tensor):
+        x = X.detach()
+        out = x.dtype if x.dtype.is_floating_point else torch.float64
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if not x.dtype.is_floating_point:
+            work = torch.float64
+        ctx = _Ctx(True, out, x.device, work)
+    else:
+        a = np.asarray(X)
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise TypeError(f"X must be a numeric NumPy array or torch tensor (got dtype {a.dtype})")
+        out = a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float64)
+        work = torch.float32 if a.dtype in (np.float32, np.float16) else torch.float64
+        ctx = _Ctx(False, out, torch.device("cpu"), work)
+        x = torch.as_tensor(a)
+    return ctx, x.to(ctx.dtype)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _finite(t: Tensor, name: str, fix: str = "remove or impute them") -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf; {fix}")
+
+
+def _penalty(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number >= 0 (got {value!r})") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (got {value!r})")
+    return v
+
+
+def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
+    bad = isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating)
+    if bad or not value > 0 or (integer and int(value) != value):
+        kind = "a positive integer" if integer else "a number > 0"
+        raise ValueError(f"{name} must be {kind} (got {value!r})")
+    return int(value) if integer else float(value)
+
+
+@dataclass
+class _Data:
+    """Validated problem data on the working device/dtype.
+
+    ``X`` is ``(N, D)`` (shared) or the attribute-major copy ``(M, N, D)`` of ``(N, M, D)`` input.
+    """
+
+    X: Tensor
+    Y: Tensor
+    mask: Tensor
+    shared: bool
+    N: int
+    M: int
+    D: int
+    empty: Tensor
+
+    def scores_W(self, W: Tensor) -> Tensor:
+        """``(N, M)`` scores ``x_m(i)ᵀ w_m`` for ``W`` ``(D, M)``."""
+        if self.shared:
+            return self.X @ W
+        return torch.bmm(self.X, W.T.unsqueeze(-1)).squeeze(-1).T
+
+    def XtG(self, G: Tensor) -> Tensor:
+        """``(D, M)``: column m is ``Σ_i G[i, m] x_m(i)``."""
+        if self.shared:
+            return self.X.T @ G
+        return torch.bmm(self.X.transpose(1, 2), G.T.unsqueeze(-1)).squeeze(-1).T
+
+    def project(self, L: Tensor) -> Tensor:
+        """``P_m = X_m L``: ``(N, K)`` (shared) or ``(M, N, K)`` (attribute-specific)."""
+        if self.shared:
+            return self.X @ L
+        M, N, D = self.X.shape
+        return (self.X.reshape(M * N, D) @ L).reshape(M, N, L.shape[1])
+
+
+def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any) -> _Data:
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            "X must be (N, D) shared or (N, M, D) attribute-specific features; "
+            f"got shape {tuple(x.shape)}"
+        )
+    _finite(x, "X", "clean or impute the features")
+    y = ctx.t(Y, "Y")
+    if y.ndim != 2 or y.shape[0] != x.shape[0] or (x.ndim == 3 and y.shape[1] != x.shape[1]):
+        want = f"(N, M) = ({x.shape[0]}, {x.shape[1]})" if x.ndim == 3 else f"(N, M) with N = {x.shape[0]}"
+        raise ValueError(f"Y must have shape {want} to match X {tuple(x.shape)}; got {tuple(y.shape)}")
+    N, M = y.shape
+    if mask is None:
+        m = torch.ones(N, M, dtype=torch.bool, device=ctx.device)
+    else:
+        mt = ctx.t(mask, "mask", dtype=None) if isinstance(mask, Tensor) else torch.as_tensor(
+            np.asarray(mask), device=ctx.device)
+        if tuple(mt.shape) != (N, M):
+            raise ValueError(f"mask must have the shape of Y {(N, M)}; got {tuple(mt.shape)}")
+        if mt.dtype != torch.bool:
+            if mt.is_floating_point() and not bool(torch.isfinite(mt).all()) or not bool(
+                ((mt == 0) | (mt == 1)).all()
+            ):
+                raise ValueError("mask must be boolean (True = labelled) or 0/1")
+            mt = mt != 0
+        m = mt.to(ctx.device)
+    ok = (y == 1) | (y == -1) | ~m
+    if not bool(ok.all()):
+        i, j = (int(v) for v in torch.nonzero(~ok)[0])
+        raise ValueError(
+            f"Y[{i}, {j}] = {float(y[i, j])} is not in {{-1, +1}} where mask is True; encode labels "
+            "as -1/+1 and mark missing labels False in mask"
+        )
+    empty = ~m.any(0)
+    X = x if x.ndim == 2 else x.permute(1, 0, 2).contiguous()
+    return _Data(X, y, m, x.ndim == 2, N, M, x.shape[-1], empty)
+
+
+def _matrix(ctx: _Ctx, a: Any, name: str, shape: tuple[int, int], what: str) -> Tensor:
+    t = ctx.t(a, name)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {what} = {shape}; got {tuple(t.shape)}")
+    _finite(t, name)
+    return t
+
+
+def _groups(groups: Any, M: int, overlapping: bool, device: torch.device) -> GroupIndex:
+    if groups is None:
+        raise ValueError("groups must be a list of lists of attribute indices (got None)")
+    if isinstance(groups, GroupIndex):
+        if not overlapping and not groups.disjoint:
+            raise ValueError("groups overlap; pass overlapping=True (with method='spgd')")
+        return groups.to(device)
+    try:
+        gl = [[int(a) for a in g] for g in groups]
+    except (TypeError, ValueError):
+        raise TypeError("groups must be a list of lists of integer attribute indices") from None
+    seen: dict[int, int] = {}
+    firsts: dict[tuple[int, ...], int] = {}
+    for j, g in enumerate(gl):
+        if not g:
+            raise ValueError(f"groups[{j}] is empty; remove it")
+        key = tuple(sorted(g))
+        if key in firsts:
+            raise ValueError(f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once")
+        firsts[key] = j
+        if len(set(g)) != len(g):
+            dup = next(a for a in g if g.count(a) > 1)
+            raise ValueError(f"groups[{j}] lists attribute {dup} twice; list it once")
+        for a in g:
+            if not 0 <= a < M:
+                raise ValueError(
+                    f"groups[{j}] contains attribute index {a}, out of range for M = {M} attributes"
+                )
+            if a in seen and not overlapping:
+                raise ValueError(
+                    f"attribute {a} is in groups[{seen[a]}] and groups[{j}]; groups must be a "
+                    "partition (pass overlapping=True and method='spgd' for overlapping groups)"
+                )
+            seen.setdefault(a, j)
+    missing = [a for a in range(M) if a not in seen]
+    if missing:
+        raise ValueError(
+            f"attribute {missing[0]} is in no group; add it to a group (a singleton group "
+            f"[{missing[0]}] is fine)"
+        )
+    return GroupIndex.from_groups(gl, M, device)
+
+
+def _warn_empty(data: _Data, stacklevel: int = 3) -> None:
+    if bool(data.empty.any()):
+        idx = torch.nonzero(data.empty).flatten().tolist()
+        warnings.warn(
+            f"attribute(s) {idx} have no labelled sample (mask column all False); their columns "
+            "of S (and bias) are set to zero",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def _bias_arg(ctx: _Ctx, bias: Any, M: int) -> Tensor | None:
+    """None/False: no bias; True: start from zeros; array: start from it."""
+    if bias is None or bias is False:
+        return None
+    if bias is True:
+        return torch.zeros(M, dtype=ctx.dtype, device=ctx.device)
+    t = ctx.t(bias, "bias")
+    if tuple(t.shape) != (M,):
+        raise ValueError(f"bias must be True, None or an array of shape (M,) = ({M},); got {tuple(t.shape)}")
+    _finite(t, "bias")
+    return t
+
+
+def _method(method: str, gi: GroupIndex) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} (got {method!r})")
+    if method == "fista" and not gi.disjoint:
+        raise ValueError(
+            "overlapping groups need method='spgd' (FISTA's block soft-thresholding prox is exact "
+            "only for disjoint groups)"
+        )
+    return method
+
+
+# ----------------------------------------------------------------------------- APG engine
+
+
+@dataclass
+class _Problem:
+    """``min_x Σ_b [loss_b(A x) + extra_b(x) + penalty_b(x)]``, separable over blocks ``b``.
+
+    ``x`` is a list of tensors; ``A`` (``forward``) is linear, mapping ``x`` to ``(N, M)`` scores;
+    each score column belongs to one block (``col_block``); ``block_map[j]`` maps the entries of
+    ``x[j]`` to blocks (broadcastable index tensor).
+    """
+
+    forward: Callable[[list[Tensor]], Tensor]
+    adjoint: Callable[[Tensor], list[Tensor]]
+    Y: Tensor
+    mask: Tensor
+    kind: str
+    col_block: Tensor
+    n_blocks: int
+    block_map: list[Tensor]
+    block_sum: Callable[[list[Tensor]], Tensor]
+    prox: Callable[[list[Tensor], Tensor], list[Tensor]]
+    penalty: Callable[[list[Tensor]], Tensor]
+    kkt: Callable[[list[Tensor], list[Tensor]], float]
+    extra: Callable[[list[Tensor]], tuple[Tensor, list[Tensor]]] | None = None
+
+
+def _smooth(pb: _Problem, z: Tensor, x: list[Tensor], need_grad: bool
+            ) -> tuple[Tensor, list[Tensor] | None]:
+    lo, dz = elementwise(z, pb.Y, pb.mask, pb.kind)
+    vals = torch.zeros(pb.n_blocks, dtype=z.dtype, device=z.device)
+    vals.index_add_(0, pb.col_block, lo.sum(0))
+    grad = pb.adjoint(dz) if need_grad else None
+    if pb.extra is not None:
+        ev, eg = pb.extra(x)
+        vals = vals + ev
+        if grad is not None:
+            grad = [g + e for g, e in zip(grad, eg, strict=True)]
+    return vals, grad
+
+
+def _grad_scale(pb: _Problem, like: list[Tensor], weight: float) -> float:
+    """``max(‖∇f(0)‖_∞, weight)``: the scale the KKT tolerance is relative to."""
+    zeros = [torch.zeros_like(t) for t in like]
+    _, g = _smooth(pb, pb.forward(zeros), zeros, True)
+    gmax = max(float(t.abs().max()) if t.numel() else 0.0 for t in g)
+    return max(gmax, weight, torch.finfo(like[0].dtype).tiny)
+
+
+def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int, scale: float,
+         check_every: int = 10) -> tuple[list[Tensor], SolverInfo]:
+    """Monotone FISTA with per-block step sizes, backtracking and adaptive restart.
+
+    Per block ``b``: ``x⁺ = prox(y − ∇f(y)/L_b)`` with ``L_b`` doubled until the quadratic upper
+    bound holds; a step that increases the block objective is rejected (``x`` kept, momentum
+    reset), and momentum restarts when ``⟨y − x⁺, x⁺ − x⟩ > 0`` (O'Donoghue & Candès 2015), so
+    the objective never increases. Scores are linear in ``x`` and carried along, so an iteration
+    costs one ``forward`` and one ``adjoint``. Stops when the KKT violation (checked every
+    ``check_every`` iterations) is ``≤ tol · scale`` or the objective stalls at rounding level.
+    """
+    dtype = x0[0].dtype
+    eps = torch.finfo(dtype).eps
+    thr = max(tol, 100 * eps) * scale
+    x = [t.clone() for t in x0]
+    zx = pb.forward(x)
+    fx, gx = _smooth(pb, zx, x, True)
+    Fx = fx + pb.penalty(x)
+    gap = pb.kkt(x, gx)
+    if gap <= thr:
+        return x, SolverInfo(0, True, float(Fx.sum()), gap, scale)
+    Lb = lip.clone()
+    t = torch.ones(pb.n_blocks, dtype=dtype, device=zx.device)
+    y, zy, fy, gy = x, zx, fx, gx
+    F_check, stall, converged, it = float(Fx.sum()), 0, False, 0
+    for it in range(1, max_iter + 1):
+        for _ in range(64):
+            steps = [(1.0 / Lb)[bm] for bm in pb.block_map]
+            xn = pb.prox([a - s * g for a, s, g in zip(y, steps, gy, strict=True)], Lb)
+            zn = pb.forward(xn)
+            fn, _ = _smooth(pb, zn, xn, False)
+            d = [a - b for a, b in zip(xn, y, strict=True)]
+            bound = (fy + pb.block_sum([g * e for g, e in zip(gy, d, strict=True)])
+                     + 0.5 * Lb * pb.block_sum([e * e for e in d]))
+            bad = fn > bound + 10 * eps * (fy.abs() + fn.abs())
+            if not bool(bad.any()):
+                break
+            Lb = torch.where(bad, 2 * Lb, Lb)
+        Fn = fn + pb.penalty(xn)
+        worse = Fn > Fx
+        turn = pb.block_sum([(a - b) * (b - c) for a, b, c in zip(y, xn, x, strict=True)]) > 0
+        restart = worse | turn
+        x_new = [torch.where(worse[bm], a, b) for bm, a, b in zip(pb.block_map, x, xn, strict=True)]
+        z_new = torch.where(worse[pb.col_block], zx, zn)
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = torch.where(restart, torch.zeros_like(t), (t - 1) / t_next)
+        t = torch.where(restart, torch.ones_like(t), t_next)
+        y = [a + beta[bm] * (a - b) for bm, a, b in zip(pb.block_map, x_new, x, strict=True)]
+        zy = z_new + beta[pb.col_block] * (z_new - zx)
+        x, zx, Fx = x_new, z_new, torch.where(worse, Fx, Fn)
+        fy, gy = _smooth(pb, zy, y, True)
+        if it % check_every == 0 or it == max_iter:
+            gx = gy if bool((beta == 0).all()) else _smooth(pb, zx, x, True)[1]
+            gap = pb.kkt(x, gx)
+            if gap <= thr:
+                converged = True
+                break
+            Ftot = float(Fx.sum())
+            stall = stall + 1 if F_check - Ftot <= 10 * eps * abs(Ftot) else 0
+            F_check = Ftot
+            if stall >= 3:
+                break
+    return x, SolverInfo(it, converged, float(Fx.sum()), gap, scale)
+
+
+def _power(forward: Callable[[list[Tensor]], Tensor], adjoint: Callable[[Tensor], list[Tensor]],
+           mask: Tensor, like: list[Tensor], reduce: Callable[[list[Tensor]], Tensor],
+           n_iter: int = 30, seed: int = 0) -> Tensor:
+    """Power iteration for the largest eigenvalue of ``Aᵀ diag(mask) A`` per unit.
+
+    ``reduce`` maps a list of entrywise tensors to per-unit sums: ``(M,)`` per attribute (the
+    S-step is separable over columns) or ``(1,)`` for one global estimate. Returns the Rayleigh
+    quotients (lower bounds that backtracking corrects).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in like]
+    maskf = mask.to(like[0].dtype)
+    lam = reduce([torch.zeros_like(a) for a in v])
+    for _ in range(n_iter):
+        nv = reduce([a * a for a in v]).sqrt()
+        nv = torch.where(nv > 0, nv, torch.ones_like(nv))
+        v = [a / (nv if nv.numel() == 1 or a.ndim == 1 else nv.unsqueeze(0)) for a in v]
+        w = adjoint(forward(v) * maskf)
+        lam = reduce([a * b for a, b in zip(v, w, strict=True)])  # Rayleigh quotient
+        v = w
+    return torch.clamp(lam, min=0.0)
+
+
+# ----------------------------------------------------------------------------- KKT
+
+
+def _kkt_group(S: Tensor, gS: Tensor, gi: GroupIndex, mu: float, zero_tol: float = 0.0) -> float:
+    norms = group_norms(S, gi)
+    gnorm = group_norms(gS, gi)
+    nz = norms > zero_tol
+    safe = torch.where(nz, norms, torch.ones_like(norms))
+    R = gS.clone()
+    R[:, gi.idx] = gS[:, gi.idx] + mu * S[:, gi.idx] / safe[:, gi.gid]
+    viol = torch.where(nz, group_norms(R, gi), torch.clamp(gnorm - mu, min=0.0))
+    return float(viol.max()) if viol.numel() else 0.0
+
+
+def _kkt_l1(L: Tensor, gL: Tensor, gamma: float, zero_tol: float = 0.0) -> float:
+    nz = L.abs() > zero_tol
+    viol = torch.where(nz, (gL + gamma * torch.sign(L)).abs(), torch.clamp(gL.abs() - gamma, min=0.0))
+    return float(viol.max()) if viol.numel() else 0.0
+
+
+def _bias_viol(g: list[Tensor]) -> float:
+    return float(g[1].abs().max()) if len(g) > 1 and g[1].numel() else 0.0
+
+
+# ----------------------------------------------------------------------------- S-step
+
+
+def _s_ops(data: _Data, P: Tensor, with_bias: bool
+           ) -> tuple[Callable[[list[Tensor]], Tensor], Callable[[Tensor], list[Tensor]]]:
+    if data.shared:
+        def lin(S: Tensor) -> Tensor:
+            return P @ S
+
+        def lin_t(G: Tensor) -> Tensor:
+            return P.T @ G
+    else:
+        def lin(S: Tensor) -> Tensor:
+            return torch.bmm(P, S.T.unsqueeze(-1)).squeeze(-1).T
+
+        def lin_t(G: Tensor) -> Tensor:
+            return torch.bmm(P.transpose(1, 2), G.T.unsqueeze(-1)).squeeze(-1).T
+
+    if with_bias:
+        def forward(x: list[Tensor]) -> Tensor:
+            return lin(x[0]) + x[1]
+
+        def adjoint(G: Tensor) -> list[Tensor]:
+            return [lin_t(G), G.sum(0)]
+    else:
+        def forward(x: list[Tensor]) -> Tensor:
+            return lin(x[0])
+
+        def adjoint(G: Tensor) -> list[Tensor]:
+            return [lin_t(G)]
+    return forward, adjoint
+
+
+def _zero_empty(x: list[Tensor], empty: Tensor) -> list[Tensor]:
+    if not bool(empty.any()):
+        return x
+    out = [x[0].masked_fill(empty.unsqueeze(0), 0.0)]
+    if len(x) > 1:
+        out.append(x[1].masked_fill(empty, 0.0))
+    return out
+
+
+def _s_problem_fista(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
+                     with_bias: bool) -> _Problem:
+    forward, adjoint = _s_ops(data, P, with_bias)
+    col_block = gi.column_group()
+    G = gi.n_groups
+
+    def block_sum(ts: list[Tensor]) -> Tensor:
+        col = ts[0].sum(0) + (ts[1] if len(ts) > 1 else 0)
+        return torch.zeros(G, dtype=col.dtype, device=col.device).index_add_(0, col_block, col)
+
+    def prox(v: list[Tensor], Lb: Tensor) -> list[Tensor]:
+        out = [prox_group(v[0], gi, mu / Lb), *v[1:]]
+        return _zero_empty(out, data.empty)
+
+    def penalty(x: list[Tensor]) -> Tensor:
+        return mu * group_norms(x[0], gi).sum(0)
+
+    def kkt(x: list[Tensor], g: list[Tensor]) -> float:
+        return max(_kkt_group(x[0], g[0], gi, mu), _bias_viol(g))
+
+    return _Problem(forward, adjoint, data.Y, data.mask, kind, col_block, G,
+                    [col_block] * (2 if with_bias else 1), block_sum, prox, penalty, kkt)
+
+
+def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
+                        with_bias: bool, eta: float) -> _Problem:
+    forward, adjoint = _s_ops(data, P, with_bias)
+    zero = torch.zeros(1, dtype=torch.long, device=data.Y.device)
+
+    def block_sum(ts: list[Tensor]) -> Tensor:
+        return sum(t.sum() for t in ts).reshape(1)  # type: ignore[union-attr]
+
+    def extra(x: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        v, g = smoothed_group_norm(x[0], gi, eta, mu)
+        return v.reshape(1), [g, *(torch.zeros_like(t) for t in x[1:])]
+
+    def prox(v: list[Tensor], Lb: Tensor) -> list[Tensor]:
+        return _zero_empty(v, data.empty)
+
+    def penalty(x: list[Tensor]) -> Tensor:
+        return torch.zeros(1, dtype=x[0].dtype, device=x[0].device)
+
+    def kkt(x: list[Tensor], g: list[Tensor]) -> float:
+        return max(float(t.abs().max()) for t in g)
+
+    return _Problem(forward, adjoint, data.Y, data.mask, kind, torch.zeros_like(data.empty, dtype=torch.long),
+                    1, [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra)
+
+
+def _col_lipschitz(data: _Data, P: Tensor, x0: list[Tensor], kind: str) -> Tensor:
+    """Per-attribute Lipschitz bounds ``ℓ'' · ‖[P_m 1]_{labelled rows}‖₂²`` (power iteration)."""
+    forward, adjoint = _s_ops(data, P, len(x0) > 1)
+    return CURVATURE[kind] * _power(forward, adjoint, data.mask, x0, _colsum) * 1.02
+
+
+def _colsum(ts: list[Tensor]) -> Tensor:
+    return ts[0].sum(0) + (ts[1] if len(ts) > 1 else 0)
+
+
+def _solve_S(data: _Data, L: Tensor, gi: GroupIndex, mu: float, S0: Tensor, b0: Tensor | None,
+             tol: float, max_iter: int, method: str, kind: str
+             ) -> tuple[Tensor, Tensor | None, SolverInfo]:
+    P = data.project(L)  # once per call
+    x0 = _zero_empty([S0, b0] if b0 is not None else [S0], data.empty)
+    lip_col = _col_lipschitz(data, P, x0, kind)
+    tiny = torch.finfo(L.dtype).tiny
+    if method == "fista":
+        pb = _s_problem_fista(data, P, gi, mu, kind, b0 is not None)
+        lipg = torch.zeros(gi.n_groups, dtype=L.dtype, device=L.device)
+        lipg.scatter_reduce_(0, pb.col_block, lip_col, reduce="amax")
+        lipg = torch.clamp(lipg, min=max(float(lipg.max()) * 1e-6, tiny * 1e6))
+        x, info = _apg(pb, x0, lipg, tol, max_iter, _grad_scale(pb, x0, mu))
+    else:
+        x, info = _spgd(data, P, gi, mu, kind, x0, lip_col, tol, max_iter)
+    return x[0], (x[1] if len(x) > 1 else None), info
+
+
+def _s_true_objective(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
+                      x: list[Tensor]) -> float:
+    forward, _ = _s_ops(data, P, len(x) > 1)
+    lo, _ = elementwise(forward(x), data.Y, data.mask, kind)
+    return float(lo.sum() + mu * group_norm(x[0], gi))
+
+
+def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list[Tensor],
+          lip_col: Tensor, tol: float, max_iter: int) -> tuple[list[Tensor], SolverInfo]:
+    """SPGD: FISTA on ``f + μΩ_η`` with continuation ``η ← η/10`` (warm starts).
+
+    ``η₀`` makes the smoothing error bound ``η K G / 2`` equal to 1% of ``F(x₀)``; the
+    continuation stops when the bound falls below ``tol · F`` or one stage improves the true
+    objective by less than ``tol · F``. After every stage the groups still in the quadratic
+    (Huber) zone ``μ‖S[k, g]‖ < η`` are tried at exactly zero; the best iterate in the true
+    objective (the start included) is returned.
+    """
+    K = x0[0].shape[0]
+    best = [t.clone() for t in x0]
+    F_best = _s_true_objective(data, P, gi, mu, kind, best)
+    if mu == 0:
+        pb = _s_problem_fista(data, P, GroupIndex.from_groups([list(range(data.M))], data.M,
+                                                            data.Y.device), 0.0, kind, len(x0) > 1)
+        lip = torch.clamp(lip_col.max(), min=torch.finfo(P.dtype).tiny * 1e6).reshape(1)
+        x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, 0.0))
+        return x, info
+    Dq = smoothing_gap_bound(K, gi.n_groups, 1.0)
+    scale_F = max(abs(F_best), torch.finfo(P.dtype).tiny)
+    eta = 1e-2 * scale_F / Dq
+    eps = torch.finfo(P.dtype).eps
+    x, n_used, stages, converged, gap = x0, 0, 0, False, float("inf")
+    F_prev = F_best
+    while n_used < max_iter:
+        pb = _s_problem_smoothed(data, P, gi, mu, kind, len(x0) > 1, eta)
+        lip = (lip_col.max() + smoothing_lipschitz(gi, data.M, eta, mu)).reshape(1)
+        rel = eta * Dq / scale_F
+        x, info = _apg(pb, x, lip, max(tol, 0.1 * rel), max_iter - n_used, _grad_scale(pb, x, mu))
+        n_used += max(info.n_iter, 1)
+        stages += 1
+        gap = info.gap
+        cands = [x]
+        norms = group_norms(x[0], gi)
+        small = mu * norms < eta
+        if bool(small.any()):
+            keep = (~small).to(x[0].dtype)[:, gi.gid]
+            S2 = x[0].clone()
+            S2[:, gi.idx] = x[0][:, gi.idx] * keep
+            cands.append([S2, *x[1:]])
+        for c in cands:
+            Fc = _s_true_objective(data, P, gi, mu, kind, c)
+            if Fc < F_best:
+                best, F_best = [t.clone() for t in c], Fc
+        if rel <= max(tol, 10 * eps) or (stages > 1 and F_prev - F_best <= tol * abs(F_best)):
+            converged = info.converged or rel <= max(tol, 10 * eps)
+            break
+        F_prev = F_best
+        eta /= 10.0
+    return best, SolverInfo(n_used, converged, F_best, gap, 0.0, stages)
+
+
+# ----------------------------------------------------------------------------- L-step
+
+
+def _l_problem(data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with_bias: bool
+               ) -> _Problem:
+    zero = torch.zeros(1, dtype=torch.long, device=S.device)
+
+    def forward(x: list[Tensor]) -> Tensor:
+        z = data.scores_W(x[0] @ S)
+        return z + x[1] if with_bias else z
+
+    def adjoint(G: Tensor) -> list[Tensor]:
+        gL = data.XtG(G) @ S.T
+        return [gL, G.sum(0)] if with_bias else [gL]
+
+    def block_sum(ts: list[Tensor]) -> Tensor:
+        return sum(t.sum() for t in ts).reshape(1)  # type: ignore[union-attr]
+
+    def extra(x: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        return (lam * frobenius_sq(x[0])).reshape(1), [2 * lam * x[0], *(torch.zeros_like(t) for t in x[1:])]
+
+    def prox(v: list[Tensor], Lb: Tensor) -> list[Tensor]:
+        return [prox_l1(v[0], gamma / Lb[0]), *v[1:]]
+
+    def penalty(x: list[Tensor]) -> Tensor:
+        return (gamma * x[0].abs().sum()).reshape(1)
+
+    def kkt(x: list[Tensor], g: list[Tensor]) -> float:
+        return max(_kkt_l1(x[0], g[0], gamma), _bias_viol(g))
+
+    return _Problem(forward, adjoint, data.Y, data.mask, kind,
+                    torch.zeros(data.M, dtype=torch.long, device=S.device), 1,
+                    [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra)
+
+
+def _solve_L(data: _Data, S: Tensor, gamma: float, lam: float, L0: Tensor, b0: Tensor | None,
+             tol: float, max_iter: int, kind: str) -> tuple[Tensor, Tensor | None, SolverInfo]:
+    pb = _l_problem(data, S, gamma, lam, kind, b0 is not None)
+    x0 = [L0, b0] if b0 is not None else [L0]
+    lip = CURVATURE[kind] * _power(pb.forward, pb.adjoint, data.mask, x0, pb.block_sum) * 1.02
+    lip = lip + 2 * lam
+    lip = torch.clamp(lip, min=torch.finfo(S.dtype).tiny * 1e6)
+    x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, gamma))
+    return x[0], (x[1] if len(x) > 1 else None), info
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _scores(data: _Data, L: Tensor, S: Tensor, b: Tensor | None) -> Tensor:
+    z = data.scores_W(L @ S)
+    return z + b if b is not None else z
+
+
+def objective(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], mu: float,
+              gamma: float, lam: float, mask: Any = None, *, loss: str = "squared_hinge",
+              bias: Any = None, overlapping: bool = False) -> float:
+    """Eq. 2: ``Σ_mask ℓ(y xᵀ L s (+ b)) + μ Σ_k Σ_g ‖S[k, g]‖ + γ‖L‖₁ + λ‖L‖_F²``.
+
+    ``bias=None`` is eq. 2 exactly; a ``(M,)`` bias is added to the scores (unpenalised).
+    """
+    check_loss(loss)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
+    Lt = _lmat(ctx, L, data.D)
+    St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
+    gi = _groups(groups, data.M, overlapping, ctx.device)
+    b = _bias_arg(ctx, bias, data.M) if bias is not None and bias is not True else None
+    lo, _ = elementwise(_scores(data, Lt, St, b), data.Y, data.mask, loss)
+    val = lo.sum() + mu * group_norm(St, gi) + gamma * Lt.abs().sum() + lam * frobenius_sq(Lt)
+    return float(val)
+
+
+def _lmat(ctx: _Ctx, L: Any, D: int) -> Tensor:
+    t = ctx.t(L, "L")
+    if t.ndim != 2 or t.shape[0] != D:
+        raise ValueError(
+            f"L must have shape (D, K) with D = {D} (the feature size of X); got {tuple(t.shape)}"
+        )
+    if t.shape[1] < 1:
+        raise ValueError("L must have K >= 1 columns")
+    _finite(t, "L")
+    return t
+
+
+def _smat(ctx: _Ctx, S: Any, M: int) -> Tensor:
+    t = ctx.t(S, "S")
+    if t.ndim != 2 or t.shape[1] != M:
+        raise ValueError(f"S must have shape (K, M) with M = {M} (the columns of Y); got {tuple(t.shape)}")
+    if t.shape[0] < 1:
+        raise ValueError("S must have K >= 1 rows")
+    _finite(t, "S")
+    return t
+
+
+def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu: float,
+                    mask: Any = None, tol: float = 1e-8, max_iter: int = 5000, *,
+                    S0: Any = None, method: str = "fista", overlapping: bool = False,
+                    loss: str = "squared_hinge", bias: Any = None, return_info: bool = False
+                    ) -> Any:
+    """Step (a): ``min_S Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + μ Σ_k Σ_g ‖S[k, g]‖₂``.
+
+    Args:
+        X, Y, mask: data (see module docstring). L: ``(D, K)``, fixed.
+        groups: list of lists of attribute indices; a partition unless ``overlapping=True``.
+        mu: group penalty ``μ ≥ 0``.
+        tol: relative KKT tolerance (violation ``≤ tol · max(‖∇f(0)‖_∞, μ)``).
+        max_iter: proximal-gradient iterations (all SPGD stages together).
+        S0: ``(K, M)`` warm start (default zeros); the result is never worse than it.
+        method: ``"fista"`` (exact block soft-thresholding; disjoint groups) or ``"spgd"``
+            (Nesterov smoothing with continuation; required for overlapping groups).
+        loss: ``"squared_hinge"`` (default, the paper) or ``"logistic"``.
+        bias: None/False = no bias (eq. 2); True = fit an unpenalised ``(M,)`` bias from zero;
+            an array = fit it starting from that array.
+        return_info: also return a :class:`SolverInfo`.
+
+    Returns:
+        ``S`` — or ``(S, bias)`` when a bias is fitted — then ``info`` if ``return_info``.
+        The projections ``P_m = X_m L`` are computed once per call.
+    """
+    check_loss(loss, smooth=True)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    mu = _penalty(mu, "mu")
+    tol = _positive(tol, "tol")
+    max_iter = _positive(max_iter, "max_iter", integer=True)
+    Lt = _lmat(ctx, L, data.D)
+    K = Lt.shape[1]
+    gi = _groups(groups, data.M, overlapping, ctx.device)
+    method = _method(method, gi)
+    St = torch.zeros(K, data.M, dtype=ctx.dtype, device=ctx.device) if S0 is None else _matrix(
+        ctx, S0, "S0", (K, data.M), "(K, M)")
+    b0 = _bias_arg(ctx, bias, data.M)
+    _warn_empty(data)
+    S, b, info = _solve_S(data, Lt, gi, mu, St, b0, tol, max_iter, method, loss)
+    out: tuple[Any, ...] = (ctx.out(S),) + ((ctx.out(b),) if b0 is not None else ())
+    out += (info,) if return_info else ()
+    return out[0] if len(out) == 1 else out
+
+
+def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = None,
+               tol: float = 1e-8, max_iter: int = 5000, *, L0: Any = None,
+               loss: str = "squared_hinge", bias: Any = None, return_info: bool = False) -> Any:
+    """Step (b): ``min_L Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + γ‖L‖₁ + λ‖L‖_F²`` (APG, ℓ1 prox).
+
+    The gradient of the smooth part is ``Σ_m (Σ_i G[i, m] x_m(i)) s_mᵀ + 2λL`` with ``G`` the
+    score derivatives: ``Xᵀ G Sᵀ`` for shared ``X``, a batched product (no loop over ``M``) for
+    attribute-specific ``X``. ``L0``: ``(D, K)`` warm start (default zeros). ``bias``, ``tol``,
+    ``max_iter``, ``loss``, ``return_info`` as in :func:`fit_combination`.
+
+    Returns ``L`` — or ``(L, bias)`` — then ``info`` if ``return_info``.
+    """
+    check_loss(loss, smooth=True)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
+    tol = _positive(tol, "tol")
+    max_iter = _positive(max_iter, "max_iter", integer=True)
+    St = _smat(ctx, S, data.M)
+    K = St.shape[0]
+    Lt = torch.zeros(data.D, K, dtype=ctx.dtype, device=ctx.device) if L0 is None else _matrix(
+        ctx, L0, "L0", (data.D, K), "(D, K)")
+    b0 = _bias_arg(ctx, bias, data.M)
+    L, b, info = _solve_L(data, St, gamma, lam, Lt, b0, tol, max_iter, loss)
+    out: tuple[Any, ...] = (ctx.out(L),) + ((ctx.out(b),) if b0 is not None else ())
+    out += (info,) if return_info else ()
+    return out[0] if len(out) == 1 else out
+
+
+def fit_independent(X: Any, Y: Any, mask: Any = None, lam: float = 1.0, *, bias: bool = False,
+                    loss: str = "squared_hinge", tol: float = 1e-6, max_iter: int = 2000) -> Any:
+    """Single-task solutions ``w_m = argmin Σ_{i labelled} ℓ(y x_m(i)ᵀ w (+ b_m)) + λ‖w‖²``.
+
+    One column per attribute (the S-extract baseline and the paper's initialisation of ``W``);
+    solved jointly as :func:`fit_latent` with ``S = I_M``, ``γ = 0``. Returns ``W`` ``(D, M)``
+    or ``(W, bias)`` when ``bias=True``.
+    """
+    check_loss(loss, smooth=True)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    lam = _penalty(lam, "lam")
+    W, b = _independent(data, lam, bias, loss, tol, max_iter)
+    return (ctx.out(W), ctx.out(b)) if bias else ctx.out(W)
+
+
+def _independent(data: _Data, lam: float, bias: bool, kind: str, tol: float, max_iter: int
+                 ) -> tuple[Tensor, Tensor | None]:
+    eye = torch.eye(data.M, dtype=data.Y.dtype, device=data.Y.device)
+    L0 = torch.zeros(data.D, data.M, dtype=eye.dtype, device=eye.device)
+    b0 = torch.zeros(data.M, dtype=eye.dtype, device=eye.device) if bias else None
+    W, b, _ = _solve_L(data, eye, 0.0, lam, L0, b0, tol, max_iter, kind)
+    return W, b
+
+
+def init_from_w(W: Any, K: int, seed: int = 0, *, fill: str = "random", scale: float | None = None,
+                s_init: str = "svd") -> tuple[Any, Any]:
+    """Factor ``W`` ``(D, M)`` into ``L`` ``(D, K)``, ``S`` ``(K, M)`` from its SVD.
+
+    With ``W = U Σ Vᵀ`` of rank ``r``: ``L[:, :r'] = U Σ^{1/2}``, ``S[:r'] = Σ^{1/2} Vᵀ`` with
+    ``r' = min(r, K)`` (so ``L S = W`` when ``K ≥ r``, else the best rank-``K`` approximation).
+    When ``K > r`` the other ``K − r`` columns of ``L`` are (``fill="random"``, default) random
+    directions orthonormal to each other and to ``U_r`` (as far as ``D`` allows), each of norm
+    ``scale`` (default ``1e-2 · √σ₁``), with zero rows in ``S`` — so ``L S = W`` still holds and
+    the extra latent tasks can be switched on by the S-step (an all-zero column of ``L`` never
+    would: its gradient stays zero); or zeros (``fill="zeros"``). ``s_init="random"`` replaces
+    ``S`` by a Gaussian matrix of the same Frobenius norm (the paper: "S random").
+    """
+    K = _positive(K, "K", integer=True)
+    if fill not in ("random", "zeros"):
+        raise ValueError(f"fill must be 'random' or 'zeros' (got {fill!r})")
+    if s_init not in ("svd", "random"):
+        raise ValueError(f"s_init must be 'svd' or 'random' (got {s_init!r})")
+    ctx, w = _context(W)
+    if w.ndim != 2:
+        raise ValueError(f"W must have shape (D, M); got {tuple(w.shape)}")
+    _finite(w, "W")
+    L, S = _init_from_w(w, K, seed, fill, scale, s_init)
+    return ctx.out(L), ctx.out(S)
+
+
+def _init_from_w(W: Tensor, K: int, seed: int, fill: str, scale: float | None, s_init: str
+                 ) -> tuple[Tensor, Tensor]:
+    D, M = W.shape
+    U, sig, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    smax = float(sig[0]) if sig.numel() else 0.0
+    r = int((sig > max(D, M) * torch.finfo(torch.float64).eps * smax).sum()) if smax > 0 else 0
+    r = min(r, K)
+    L = torch.zeros(D, K, dtype=torch.float64)
+    S = torch.zeros(K, M, dtype=torch.float64)
+    root = sig[:r].sqrt()
+    L[:, :r] = U[:, :r] * root
+    S[:r] = root[:, None] * Vh[:r]
+    gen = torch.Generator().manual_seed(int(seed))
+    if K > r and fill == "random":
+        norm = scale if scale is not None else 1e-2 * math.sqrt(smax if smax > 0 else 1.0)
+        R = torch.randn(D, K - r, generator=gen, dtype=torch.float64)
+        if r:
+            R = R - U[:, :r] @ (U[:, :r].T @ R)
+        n_orth = min(K - r, max(D - r, 0))
+        if n_orth:
+            Q, _ = torch.linalg.qr(R[:, :n_orth])
+            R[:, :n_orth] = Q
+        R = R / R.norm(dim=0, keepdim=True).clamp_min(1e-300)
+        L[:, r:] = norm * R
+    if s_init == "random":
+        Sr = torch.randn(K, M, generator=gen, dtype=torch.float64)
+        S = Sr * (S.norm() / Sr.norm() if float(S.norm()) > 0 else 1.0)
+    return L.to(W.dtype).to(W.device), S.to(W.dtype).to(W.device)
+
+
+def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: float, gamma: float,
+                    lam: float, K: int, mask: Any = None, W0: Any = None, L0: Any = None,
+                    S0: Any = None, max_outer: int = 50, tol: float = 1e-5, method: str = "fista",
+                    loss: str = "squared_hinge", bias: bool = False, seed: int = 0,
+                    progress: bool = False,
+                    callback: Callable[[int, Any, Any, Any, float], Any] | None = None,
+                    overlapping: bool = False, max_iter: int = 2000, inner_tol: float = 1e-7,
+                    init_lam: float | None = None) -> AlternatingResult:
+    """Algorithm 1: alternate step (a) (:func:`fit_combination`) and (b) (:func:`fit_latent`).
+
+    Initialisation: ``L0``/``S0`` if given; otherwise :func:`init_from_w` of ``W0``, itself
+    :func:`fit_independent` (ridge ``init_lam``, default ``lam`` — or 1 when ``lam`` is 0) when
+    not given. Each half-step is warm-started at the current iterate and returns an iterate no
+    worse than it, so ``history`` never increases. Stops when the relative decrease over one outer
+    iteration is below ``tol`` (``converged=True``) or after ``max_outer`` outer iterations.
+    ``callback(outer_iteration, L, S, bias, objective)`` is called after each outer iteration
+    (torch tensors); returning True stops early. ``max_iter``/``inner_tol`` go to the sub-solvers.
+    """
+    check_loss(loss, smooth=True)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
+    K = _positive(K, "K", integer=True)
+    max_outer = _positive(max_outer, "max_outer", integer=True)
+    tol = _positive(tol, "tol")
+    gi = _groups(groups, data.M, overlapping, ctx.device)
+    method = _method(method, gi)
+    _warn_empty(data)
+    b = torch.zeros(data.M, dtype=ctx.dtype, device=ctx.device) if bias else None
+    if L0 is None:
+        if W0 is None:
+            ridge = init_lam if init_lam is not None else (lam if lam > 0 else 1.0)
+            Wt, bw = _independent(data, _penalty(ridge, "init_lam"), bool(bias), loss, 1e-6, 1000)
+            if bias and bw is not None:
+                b = bw
+        else:
+            Wt = _matrix(ctx, W0, "W0", (data.D, data.M), "(D, M)")
+        Lt, S_init = _init_from_w(Wt, K, seed, "random", None, "svd")
+    else:
+        Lt, S_init = _matrix(ctx, L0, "L0", (data.D, K), "(D, K)"), None
+    if S0 is not None:
+        St = _matrix(ctx, S0, "S0", (K, data.M), "(K, M)")
+    else:
+        St = S_init if S_init is not None else torch.zeros(K, data.M, dtype=ctx.dtype, device=ctx.device)
+    St = _zero_empty([St], data.empty)[0]
+
+    def F(L_: Tensor, S_: Tensor, b_: Tensor | None) -> float:
+        lo, _ = elementwise(_scores(data, L_, S_, b_), data.Y, data.mask, loss)
+        return float(lo.sum() + mu * group_norm(S_, gi) + gamma * L_.abs().sum()
+                     + lam * frobenius_sq(L_))
+
+    history = [F(Lt, St, b)]
+    infos: list[SolverInfo] = []
+    converged, n = False, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_outer, desc="alternating", leave=False)
+    for n in range(1, max_outer + 1):
+        S_new, b_new, info = _solve_S(data, Lt, gi, mu, St, b, inner_tol, max_iter, method, loss)
+        f = F(Lt, S_new, b_new)
+        if f <= history[-1]:
+            St, b = S_new, b_new
+        else:  # rounding-level increase: keep the previous iterate
+            f = history[-1]
+        history.append(f)
+        infos.append(info)
+        L_new, b_new, info = _solve_L(data, St, gamma, lam, Lt, b, inner_tol, max_iter, loss)
+        f = F(L_new, St, b_new)
+        if f <= history[-1]:
+            Lt, b = L_new, b_new
+        else:
+            f = history[-1]
+        history.append(f)
+        infos.append(info)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(objective=f"{f:.6g}")
+        stop = callback(n, Lt, St, b, f) if callback is not None else False
+        if history[-3] - history[-1] <= tol * max(abs(history[-1]), torch.finfo(ctx.dtype).tiny):
+            converged = True
+            break
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    return AlternatingResult(ctx.out(Lt), ctx.out(St), ctx.out(b), history, n, converged, infos)
+
+
+def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], mu: float,
+                     mask: Any = None, *, loss: str = "squared_hinge", bias: Any = None,
+                     zero_tol: float = 0.0) -> float:
+    """KKT certificate of step (a) (disjoint groups): the largest violation of
+
+    * ``‖∇_{k,g} f‖₂ ≤ μ`` for every zero group ``S[k, g]`` (norm ``≤ zero_tol``),
+    * ``∇_{k,g} f + μ S[k, g]/‖S[k, g]‖₂ = 0`` (ℓ2 norm of the residual) for every other group,
+    * ``∇_b f = 0`` for a fitted bias,
+
+    with ``f`` the loss term. Absolute (same units as the gradient); 0 at an exact optimum.
+    """
+    check_loss(loss, smooth=True)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    mu = _penalty(mu, "mu")
+    Lt = _lmat(ctx, L, data.D)
+    St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
+    gi = _groups(groups, data.M, False, ctx.device)
+    b = _bias_arg(ctx, bias, data.M) if bias is not None and bias is not True else None
+    P = data.project(Lt)
+    forward, adjoint = _s_ops(data, P, b is not None)
+    xs = [St, b] if b is not None else [St]
+    _, dz = elementwise(forward(xs), data.Y, data.mask, loss)
+    g = adjoint(dz)
+    return max(_kkt_group(St, g[0], gi, mu, zero_tol), _bias_viol(g))
+
+
+def optimality_gap_L(X: Any, Y: Any, L: Any, S: Any, gamma: float, lam: float, mask: Any = None,
+                     *, loss: str = "squared_hinge", bias: Any = None, zero_tol: float = 0.0
+                     ) -> float:
+    """KKT certificate of step (b): the largest violation of the ℓ1 optimality conditions
+
+    ``|∇_dk f| ≤ γ`` where ``L_dk = 0`` (``|L_dk| ≤ zero_tol``), ``∇_dk f + γ sign(L_dk) = 0``
+    elsewhere, and ``∇_b f = 0`` for a fitted bias; ``f`` = loss ``+ λ‖L‖_F²``. Absolute.
+    """
+    check_loss(loss, smooth=True)
+    ctx, x = _context(X)
+    data = _data(ctx, x, Y, mask)
+    gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
+    Lt = _lmat(ctx, L, data.D)
+    St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
+    b = _bias_arg(ctx, bias, data.M) if bias is not None and bias is not True else None
+    pb = _l_problem(data, St, gamma, lam, loss, b is not None)
+    xs = [Lt, b] if b is not None else [Lt]
+    _, g = _smooth(pb, pb.forward(xs), xs, True)
+    assert g is not None
+    return max(_kkt_l1(Lt, g[0], gamma, zero_tol), _bias_viol(g))

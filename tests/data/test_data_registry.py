@@ -1,0 +1,105 @@
+"""Registry, base-class contract (DataLoader, describe) and transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from apcnn.data import (
+    AttributeDataset,
+    AttributeSchema,
+    DatasetError,
+    DatasetOptionError,
+    UnknownDatasetError,
+    create_dataset,
+    dataset_options,
+    list_datasets,
+    register_dataset,
+)
+from apcnn.data.transforms import build_transform, default_transform
+
+
+def test_list_and_unknown_names():
+    assert set(list_datasets()) >= {"clothing", "awa2", "awa", "celeba", "cub", "folder",
+                                    "synthetic"}
+    with pytest.raises(UnknownDatasetError, match=r"unknown dataset 'mnist'; valid datasets: awa, "
+                                                   r"awa2, celeba, clothing, cub"):
+        create_dataset("mnist")
+    with pytest.raises(DatasetOptionError, match=r"no option 'colour'; valid options: .*num_images"):
+        create_dataset("synthetic", colour="red")
+    with pytest.raises(DatasetOptionError, match="valid splits: all, train, val, test, unseen"):
+        create_dataset("synthetic", split="dev")
+    assert issubclass(DatasetOptionError, DatasetError)
+    assert "include_multiclass" in dataset_options("clothing")
+
+
+@pytest.fixture
+def clean_registry():
+    from apcnn.data import registry
+
+    yield
+    registry._REGISTRY.pop("tiny-test-ds", None)
+
+
+def test_register_custom_dataset(clean_registry):
+    @register_dataset("tiny-test-ds")
+    class Tiny(AttributeDataset):
+        def __init__(self, root=None, *, split="all", transform=None, n: int = 3):
+            from PIL import Image
+
+            self._img = Image.new("RGB", (5, 5), (255, 0, 0))
+            schema = AttributeSchema(names=("a", "b"), groups=(("g", (0, 1)),))
+            super().__init__(schema=schema, targets=np.ones((n, 2)), mask=None,
+                             sample_ids=[str(i) for i in range(n)], sources=list(range(n)),
+                             transform=transform, image_size=4, split=split, options={"n": n})
+
+        def _load_source(self, src):
+            return self._img
+
+    ds = create_dataset("tiny-test-ds", n=2)
+    assert isinstance(ds, Tiny) and len(ds) == 2 and ds.name == "tiny-test-ds"
+    assert torch.allclose(ds[0]["image"][0], torch.ones(4, 4))
+    with pytest.raises(DatasetOptionError, match="valid options: n"):
+        create_dataset("tiny-test-ds", m=1)
+
+
+def test_dataloader_batches_with_workers():
+    ds = create_dataset("synthetic", num_images=16, image_size=24)
+    batch = next(iter(DataLoader(ds, batch_size=8, num_workers=2)))
+    assert batch["image"].shape == (8, 3, 24, 24) and batch["image"].dtype == torch.float32
+    assert batch["target"].shape == (8, 13) and batch["mask"].dtype == torch.bool
+    assert batch["class_id"].dtype == torch.int64 and batch["index"].tolist() == list(range(8))
+    assert torch.equal(batch["image"][5], ds[5]["image"])
+
+
+def test_describe_counts():
+    ds = create_dataset("synthetic", num_images=64, missing_rate=0.1)
+    d = ds.describe()
+    assert d["num_samples"] == 64 and d["num_attributes"] == 13 and d["num_groups"] == 4
+    for name, s in d["attributes"].items():
+        assert s["positives"] + s["negatives"] + s["missing"] == 64, name
+    assert sum(d["class_counts"].values()) == 64
+    assert d["groups"]["colour"]["attributes"] == ["red", "green", "blue", "yellow"]
+
+
+def test_transforms():
+    from PIL import Image
+
+    img = Image.new("RGB", (50, 80), (255, 128, 0))
+    x = default_transform(32)(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 128 / 255, 0.0]), atol=1e-6)
+    ev = build_transform(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=False)
+    y = ev(img)
+    assert y.shape == (3, 32, 32)
+    assert torch.allclose(y[:, 5, 5], torch.tensor([2.0, (128 / 255 - 0.5) / 0.25, -2.0]),
+                          atol=1e-5)
+    assert torch.equal(ev(img), ev(img))
+    tr = build_transform(32, mean=None, std=None, train=True)
+    assert tr(img).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="give both mean and std"):
+        build_transform(32, mean=(0.5, 0.5, 0.5), std=None, train=False)
+    with pytest.raises(ValueError, match="image_size must be a positive int"):
+        default_transform(0)

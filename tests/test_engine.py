@@ -1,0 +1,149 @@
+"""End-to-end training on the synthetic dataset: stages, run folder, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apcnn.checkpoint import CheckpointError, load_checkpoint
+from apcnn.config import ConfigError, TrainConfig, load_config
+
+TINY = [
+    "data.name=synthetic",
+    "data.image_size=64",
+    "data.num_workers=0",
+    "data.options={num_images: 160}",
+    "model.tail=head",
+    "model.rank=8",
+    "mtl.max_outer=3",
+    "train.batch_size=32",
+    "train.epochs_single=2",
+    "train.epochs_joint=1",
+    "train.rounds=1",
+    "train.methods=[S-CNN, M-CNN, MG-CNN]",
+]
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("APCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny_config(out: Path, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [*TINY, f"run.out={out}", *extra])
+
+
+def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
+    from apcnn.engine import evaluate_checkpoint, predict_images, train
+
+    out = tmp_path / "run"
+    result = train(tiny_config(out))
+    assert set(result["results"]) == {"S-CNN", "M-CNN", "MG-CNN"}
+    for name in ["config.yaml", "metrics.json", "metrics.jsonl", "train.log", "report.md",
+                 "environment.json"]:
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for method in ["S-CNN", "M-CNN", "MG-CNN"]:
+        block = metrics["methods"][method]
+        assert 0.0 <= block["total"] <= 1.0
+        assert block["metric"] == "accuracy"
+        assert set(block["per_attribute"]) == set(result["schema"].names)
+    history = result["histories"]["MG-CNN"]
+    assert all(b <= a * (1 + 1e-6) + 1e-9 for a, b in zip(history, history[1:]))
+
+    ckpt = out / "checkpoints" / "MG-CNN"
+    evaluated = evaluate_checkpoint(ckpt)
+    assert evaluated["metrics"]["total"] == pytest.approx(
+        metrics["methods"]["MG-CNN"]["total"], abs=1e-6
+    )
+    from apcnn.data import create_dataset
+
+    ds = create_dataset("synthetic", split="test", num_images=160, image_size=64)
+    image = tmp_path / "x.png"
+    ds.load_image(0).save(image)
+    (pred,) = predict_images(ckpt, [str(image)])
+    attrs = pred["attributes"]
+    assert set(attrs) == set(result["schema"].names)
+    for value in attrs.values():
+        assert 0.0 <= value["probability"] <= 1.0
+        assert value["decision"] == (value["score"] > 0)
+
+
+def test_config_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="train.methodz"):
+        load_config(TrainConfig, None, ["train.methodz=[S-CNN]"])
+    with pytest.raises(ConfigError, match="data.root"):
+        from apcnn.config import check_data_root
+
+        check_data_root(load_config(TrainConfig, None, ["data.name=clothing"]))
+
+
+def test_tampered_checkpoint_is_rejected(tmp_path):
+    from apcnn.engine import train
+
+    out = tmp_path / "run"
+    train(tiny_config(out, "train.methods=[S-CNN]", "train.epochs_single=1"))
+    ckpt = out / "checkpoints" / "S-CNN"
+    load_checkpoint(ckpt)
+    (tensor_file,) = ckpt.glob("tensors-*.safetensors")
+    data = bytearray(tensor_file.read_bytes())
+    data[-10] ^= 0xFF
+    tensor_file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(ckpt)
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "apcnn", *args], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """Kill a training process after its first checkpoint; --resume ends bit-identical."""
+    env = dict(os.environ, APCNN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    overrides = [a for o in TINY for a in ("--set", o)]
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+    full = _run_cli(["train", "-c", str(config), *overrides, "--out", str(tmp_path / "full")], env)
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+
+    killed_out = tmp_path / "killed"
+    proc = _run_cli(["train", "-c", str(config), *overrides, "--out", str(killed_out)], env)
+    state = killed_out / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (state / "state" / "meta.json").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_out / "metrics.json").exists()
+
+    resumed = _run_cli(
+        ["train", "-c", str(config), *overrides, "--out", str(killed_out), "--resume"], env
+    )
+    log = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, log
+    assert "resumed after step" in (killed_out / "train.log").read_text()
+
+    for method in ["S-CNN", "M-CNN", "MG-CNN"]:
+        a, _ = load_checkpoint(tmp_path / "full" / "checkpoints" / method)
+        b, _ = load_checkpoint(killed_out / "checkpoints" / method)
+        assert a.keys() == b.keys()
+        for key in ("head.L", "head.S", "head.bias"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+    m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())["methods"]
+    m_res = json.loads((killed_out / "metrics.json").read_text())["methods"]
+    assert m_full == m_res

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from apcnn.data.schema import AttributeSchema
+from apcnn.metrics import attribute_metrics, method_block
+from apcnn.reports import PAPER_TABLE_III, format_table, paper_for_schema, write_report
+
+GROUPS = ("colors", "patterns", "cloth_parts", "appearance")
+
+
+def clothing_schema() -> AttributeSchema:
+    sizes = (3, 2, 2, 1)
+    names, groups, i = [], [], 0
+    for g, k in zip(GROUPS, sizes, strict=True):
+        groups.append((g, tuple(range(i, i + k))))
+        names += [f"{g}_{j}" for j in range(k)]
+        i += k
+    return AttributeSchema(names=tuple(names), groups=tuple(groups))
+
+
+def results() -> dict:
+    return {
+        "protocol": {"dataset": "clothing", "folds": 5},
+        "methods": {
+            "MG-CNN": {
+                "total": 0.85,
+                "groups": {"colors": 0.9, "patterns": 0.8, "cloth_parts": 0.75, "appearance": 0.7},
+                "std": {"total": 0.01, "groups": dict.fromkeys(GROUPS, 0.02)},
+                "per_attribute": {},
+                "folds": [0.84, 0.86],
+                "metric": "accuracy",
+            },
+            "S-CNN": {
+                "total": 0.5,
+                "groups": {"colors": 0.5, "patterns": 0.5, "cloth_parts": 0.5, "appearance": None},
+                "per_attribute": {},
+                "folds": [0.5],
+                "metric": "accuracy",
+            },
+        },
+        "seconds": 12.0,
+    }
+
+
+def test_paper_table_values():
+    assert PAPER_TABLE_III["MG-CNN"]["total"] == pytest.approx(0.9282)
+    assert PAPER_TABLE_III["S-extract"]["groups"]["cloth_parts"] == pytest.approx(0.6751)
+    assert PAPER_TABLE_III["CRF"]["groups"]["colors"] == pytest.approx(0.85)
+    assert set(PAPER_TABLE_III) == {"S-extract", "M-extract", "S-CNN", "M-CNN", "MG-CNN", "CRF"}
+    for row in PAPER_TABLE_III.values():
+        assert list(row["groups"]) == list(GROUPS) and 0 < row["total"] < 1
+
+
+def test_format_table_numbers_and_layout():
+    table = format_table(results())
+    lines = table.splitlines()
+    assert lines[1].split() == ["method", *GROUPS, "total"]
+    mg = next(line for line in lines if line.startswith("MG-CNN"))
+    assert "90.00 ± 2.00" in mg and "85.00 ± 1.00" in mg
+    s = next(line for line in lines if line.startswith("S-CNN"))
+    assert s.split() == ["S-CNN", "50.00", "50.00", "50.00", "-", "50.00"]
+    assert len({len(line) for line in lines[1:3]}) == 1  # header and rule have the same width
+
+
+def test_format_table_with_paper_side_by_side():
+    table = format_table(results(), PAPER_TABLE_III)
+    mg = next(line for line in table.splitlines() if line.startswith("MG-CNN"))
+    assert "90.00 ± 2.00 (93.12)" in mg and "85.00 ± 1.00 (92.82)" in mg
+    crf = next(line for line in table.splitlines() if line.startswith("CRF"))
+    assert "(83.95)" in crf and "(85.00)" in crf  # paper-only methods get their own rows
+    assert "(paper)" in table.splitlines()[0]
+
+
+def test_format_table_sub_block():
+    r = results()
+    r["methods"]["MG-CNN"]["balanced_accuracy"] = {
+        "total": 0.6,
+        "groups": dict.fromkeys(GROUPS, 0.6),
+        "metric": "balanced_accuracy",
+    }
+    table = format_table(r, key="balanced_accuracy")
+    assert "60.00" in table and "S-CNN" not in table
+    assert table.splitlines()[0].startswith("balanced_accuracy")
+
+
+def test_write_report_files(tmp_path):
+    schema = clothing_schema()
+    rng = np.random.default_rng(0)
+    folds = []
+    for _ in range(2):
+        y = rng.choice([-1.0, 1.0], size=(20, schema.num_attributes))
+        folds.append(attribute_metrics(y * rng.normal(1, 1, y.shape), y, None, schema))
+    res = {
+        "protocol": {"folds": 2},
+        "methods": {"MG-CNN": method_block(folds, schema)},
+        "seconds": 3.0,
+    }
+    S = rng.normal(size=(6, schema.num_attributes))
+    W = rng.normal(size=(10, schema.num_attributes))
+    path = write_report(
+        tmp_path / "out",
+        res,
+        schema=schema.to_dict(),
+        S=S,
+        W=W,
+        history={"fold 0": [5.0, 3.0, 2.5], "fold 1": [4.0, 3.5]},
+    )
+    assert path == tmp_path / "out" / "report.md"
+    for name in ("per_attribute.png", "S_abs.png", "attribute_sharing.png", "objective.png"):
+        f = tmp_path / "out" / name
+        assert f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({name})" in path.read_text()
+    text = path.read_text()
+    total = f"{100 * res['methods']['MG-CNN']['total']:.2f}"
+    assert total in text and "(92.82)" in text  # paper numbers: the schema has Table II groups
+    assert "Balanced accuracy" in text and "Average precision" in text
+    assert "colors_0" in text  # per-attribute table
+
+
+def test_write_report_without_optional_inputs(tmp_path):
+    schema = AttributeSchema(names=("x", "y"), groups=(("g", (0, 1)),))
+    assert paper_for_schema(schema) is None
+    res = {
+        "methods": {
+            "M": {
+                "total": 0.7,
+                "groups": {"g": 0.7},
+                "per_attribute": {"x": 0.6, "y": 0.8},
+                "metric": "accuracy",
+            }
+        }
+    }
+    path = write_report(tmp_path, res, schema=schema)
+    text = path.read_text()
+    assert "70.00" in text and "(paper" not in text
+    assert (tmp_path / "per_attribute.png").is_file()
+    assert not (tmp_path / "S_abs.png").exists()
+    with pytest.raises(ValueError, match=r"S must be \(K, 2\)"):
+        write_report(tmp_path, res, schema=schema, S=np.ones((3, 5)))
