@@ -81,7 +81,7 @@ def test_unknown_key_override_one_line_with_suggestion():
     msg = str(e.value)
     assert "\n" not in msg
     assert "'mtl.mu2'" in msg and "did you mean 'mtl.mu'" in msg
-    for k in ("mu", "gamma", "lam", "loss", "method", "grouping", "max_outer", "tol", "max_iter"):
+    for k in ("mu", "gamma", "lam", "loss", "method", "max_outer", "tol", "max_iter"):
         assert k in msg
     with pytest.raises(ConfigError, match="valid keys at the top level: data, model, mtl"):
         load_config(TrainConfig, None, ["trian.lr=1"])

@@ -65,7 +65,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine import predict_images
 
-    predictions = predict_images(args.checkpoint, args.images)
+    if args.onnx:
+        from .export import predict_onnx
+
+        predictions = predict_onnx(args.onnx, args.images)
+    else:
+        predictions = predict_images(args.checkpoint, args.images)
     if args.json:
         print(json.dumps(predictions, indent=2))
         return 0
@@ -87,6 +92,35 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     print(report.format_text())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from .zeroshot import format_zeroshot, zeroshot_from_checkpoint
+
+    result = zeroshot_from_checkpoint(
+        args.checkpoint, root=args.root, split=args.split, json_path=args.json,
+        method=args.method, iap_posteriors=args.iap_posteriors,
+    )
+    print(format_zeroshot(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, meta_path_for
+
+    path = export_onnx(args.checkpoint, args.out, opset=args.opset)
+    print(f"wrote {path} and {meta_path_for(path)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import write_html_report
+
+    path = write_html_report(
+        args.run_dir, pr_curves=not args.no_pr, split=args.split, root=args.root
+    )
+    print(f"wrote {path} and {path.with_name('report.md')}")
     return 0
 
 
@@ -138,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict attributes of images")
-    p.add_argument("--checkpoint", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint")
+    source.add_argument("--onnx", default=None, help="run an exported ONNX file instead")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
@@ -153,6 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option"
     )
     v.set_defaults(func=cmd_data_verify)
+
+    p = sub.add_parser("zeroshot", help="zero-shot classes from predicted attributes (DAP/IAP)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--root", default=None, help="dataset folder (default: the one in the run)")
+    p.add_argument(
+        "--split", default=None, help="unseen-class split (default: 'unseen' if any, else 'test')"
+    )
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--method", choices=["dap", "iap"], default="dap")
+    p.add_argument(
+        "--iap-posteriors", choices=["dap", "logistic"], default="dap",
+        help="IAP seen-class posteriors: DAP over seen classes or a logistic layer on scores",
+    )
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("export", help="export a checkpoint (ONNX: scores and probabilities)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx (+ model.onnx.json)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained) and report.md")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--no-pr", action="store_true", help="skip the precision-recall curves")
+    p.add_argument("--split", default="test", help="split for the precision-recall curves")
+    p.add_argument("--root", default=None, help="dataset folder (default: the one in the run)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -139,6 +139,11 @@ class MTLConfig:
     """Multi-task layer, eq. 2.
 
     loss + mu sum_k sum_g ||S[k, g]||_2 + gamma ||L||_1 + lam ||L||_F^2
+
+    The penalties here are *per training sample*: eq. 2 sums the loss over samples, so the engine
+    passes mu * n, gamma * n and lam * n to the solvers (n = mean number of labelled samples per
+    attribute) and the same values suit a dataset of any size. The solver API itself
+    (``apcnn.solvers``) takes eq. 2's penalties as they are.
     """
 
     mu: float = 0.01  #: group-sparsity weight on S
@@ -146,7 +151,6 @@ class MTLConfig:
     lam: float = 1e-3  #: squared-Frobenius weight on L
     loss: Literal["squared_hinge", "hinge", "logistic"] = "squared_hinge"
     method: Literal["fista", "spgd"] = "fista"  #: S-step solver
-    grouping: Literal["dataset", "none"] = "dataset"  #: "none": one group (the paper's M-CNN)
     max_outer: int = 20  #: alternations of the S- and L-steps
     tol: float = 1e-5  #: relative objective decrease that stops the alternation
     max_iter: int = 500  #: iterations per subproblem

@@ -109,7 +109,7 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, Any]:
     kwargs = dict(root=d.root, transform=transform, **(d.options or {}))
     if d.skip_bad_images:
         kwargs["skip_bad_images"] = True
-    splits = available_splits(d.name)
+    splits = available_splits(d.name, d.root)
     if "train" in splits and "test" in splits:
         train = create_dataset(d.name, split="train", **kwargs)
         test = create_dataset(d.name, split="test", **kwargs)
@@ -128,10 +128,10 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, Any]:
     return {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(test_idx)}
 
 
-def available_splits(name: str) -> tuple[str, ...]:
+def available_splits(name: str, root: str | None = None) -> tuple[str, ...]:
     from .data import dataset_splits
 
-    return tuple(dataset_splits(name))
+    return tuple(dataset_splits(name, root=root))
 
 
 # ------------------------------------------------------------------------------ state

@@ -143,7 +143,9 @@ def _canonical(key_parts: Mapping[str, Any]) -> str:
     try:
         return json.dumps(dict(key_parts), sort_keys=True, separators=(",", ":"), default=None)
     except TypeError as exc:
-        raise TypeError(f"key_parts must be JSON-serialisable ({exc}); convert values to str") from exc
+        raise TypeError(
+            f"key_parts must be JSON-serialisable ({exc}); convert values to str"
+        ) from exc
 
 
 def key_digest(key_parts: Mapping[str, Any]) -> str:

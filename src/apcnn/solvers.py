@@ -413,7 +413,9 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
     reset), and momentum restarts when ``⟨y − x⁺, x⁺ − x⟩ > 0`` (O'Donoghue & Candès 2015), so
     the objective never increases. Scores are linear in ``x`` and carried along, so an iteration
     costs one ``forward`` and one ``adjoint``. Stops when the KKT violation (checked every
-    ``check_every`` iterations) is ``≤ tol · scale`` or the objective stalls at rounding level.
+    ``check_every`` iterations) is ``≤ tol · scale``, or when it has not improved for 30 checks
+    (rounding level). Increases of the objective below rounding level are accepted, so the end
+    point is compared with the start and the better one is returned.
     """
     dtype = x0[0].dtype
     eps = torch.finfo(dtype).eps
@@ -422,13 +424,15 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
     zx = pb.forward(x)
     fx, gx = _smooth(pb, zx, x, True)
     Fx = fx + pb.penalty(x)
-    gap = pb.kkt(x, gx)
+    F_start = float(Fx.sum())
+    gap = gap0 = best_gap = pb.kkt(x, gx)
     if gap <= thr:
-        return x, SolverInfo(0, True, float(Fx.sum()), gap, scale)
+        return x, SolverInfo(0, True, F_start, gap, scale)
+    patience = 30
     Lb = lip.clone()
     t = torch.ones(pb.n_blocks, dtype=dtype, device=zx.device)
     y, zy, fy, gy = x, zx, fx, gx
-    F_check, stall, converged, it = float(Fx.sum()), 0, False, 0
+    stall, converged, it = 0, False, 0
     for it in range(1, max_iter + 1):
         for _ in range(64):
             steps = [(1.0 / Lb)[bm] for bm in pb.block_map]
@@ -443,7 +447,7 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
                 break
             Lb = torch.where(bad, 2 * Lb, Lb)
         Fn = fn + pb.penalty(xn)
-        worse = Fn > Fx
+        worse = Fn > Fx + 4 * eps * Fx.abs()  # rounding-level increases are not rejections
         turn = pb.block_sum([(a - b) * (b - c) for a, b, c in zip(y, xn, x, strict=True)]) > 0
         restart = worse | turn
         x_new = [torch.where(worse[bm], a, b) for bm, a, b in zip(pb.block_map, x, xn, strict=True)]
@@ -461,12 +465,14 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
             if gap <= thr:
                 converged = True
                 break
-            Ftot = float(Fx.sum())
-            stall = stall + 1 if F_check - Ftot <= 10 * eps * abs(Ftot) else 0
-            F_check = Ftot
-            if stall >= 3:
+            stall = stall + 1 if gap >= 0.999 * best_gap else 0
+            best_gap = min(best_gap, gap)
+            if stall >= patience:  # no progress at rounding level: give up
                 break
-    return x, SolverInfo(it, converged, float(Fx.sum()), gap, scale)
+    F_end = float(Fx.sum())
+    if F_end > F_start:  # only rounding can get here: return the start, never worse
+        return [t.clone() for t in x0], SolverInfo(it, False, F_start, gap0, scale)
+    return x, SolverInfo(it, converged, F_end, gap, scale)
 
 
 def _power(forward: Callable[[list[Tensor]], Tensor], adjoint: Callable[[Tensor], list[Tensor]],

@@ -66,7 +66,8 @@ def write_clothing(root: Path, n: int = 6, values: dict[str, np.ndarray] | None 
     vals = clothing_values(n)
     vals.update(values or {})
     for a, v in vals.items():
-        scipy.io.savemat(str(base / "labels" / f"{a}_GT.mat"), {"GT": np.asarray(v, float).reshape(-1, 1)})
+        gt = np.asarray(v, dtype=float).reshape(-1, 1)
+        scipy.io.savemat(str(base / "labels" / f"{a}_GT.mat"), {"GT": gt})
     (base / "README").write_text("The Clothing Attribute Dataset (fixture)\n")
     return base
 

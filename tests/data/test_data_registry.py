@@ -27,7 +27,7 @@ def test_list_and_unknown_names():
     with pytest.raises(UnknownDatasetError, match=r"unknown dataset 'mnist'; valid datasets: awa, "
                                                    r"awa2, celeba, clothing, cub"):
         create_dataset("mnist")
-    with pytest.raises(DatasetOptionError, match=r"no option 'colour'; valid options: .*num_images"):
+    with pytest.raises(DatasetOptionError, match=r"no option 'colour'; valid options: .*seed"):
         create_dataset("synthetic", colour="red")
     with pytest.raises(DatasetOptionError, match="valid splits: all, train, val, test, unseen"):
         create_dataset("synthetic", split="dev")
@@ -103,3 +103,44 @@ def test_transforms():
         build_transform(32, mean=(0.5, 0.5, 0.5), std=None, train=False)
     with pytest.raises(ValueError, match="image_size must be a positive int"):
         default_transform(0)
+
+
+def test_fused_normalisation_matches_torchvision():
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from apcnn.data.transforms import ToNormalizedTensor
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8), "RGB")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    ours = ToNormalizedTensor(mean, std)
+    assert torch.allclose(ours(img), ref(img), atol=1e-5) and ours(img).is_contiguous()
+    as_tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    assert torch.allclose(ours(as_tensor), ref(img), atol=1e-5)
+    assert torch.allclose(ToNormalizedTensor()(img.convert("L")), ToNormalizedTensor()(
+        img.convert("L").convert("RGB")))
+
+
+def test_cache_dir_option(tmp_path, make_clothing_tree):
+    root = make_clothing_tree(tmp_path / "tree", n=3)
+    a = create_dataset("clothing", root=root, image_size=16, cache_dir=tmp_path / "cache")
+    first = a[1]["image"]
+    assert a.load_image(1).size == (16, 16)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    b = create_dataset("clothing", root=root, image_size=16, cache_dir=tmp_path / "cache")
+    assert torch.equal(b[1]["image"], first)
+    assert a.cache_key() == create_dataset("clothing", root=root, image_size=16).cache_key()
+
+
+def test_dataset_splits(tmp_path, make_folder_tree):
+    from apcnn.data import dataset_splits
+
+    assert dataset_splits("synthetic") == ("all", "train", "val", "test", "unseen")
+    assert dataset_splits("clothing") == ("all",)
+    assert "test" in dataset_splits("awa2") and "val" in dataset_splits("celeba")
+    root = make_folder_tree(tmp_path / "f")
+    assert dataset_splits("folder", root=root) == ("all", "test", "train", "val")
+    plain = make_folder_tree(tmp_path / "g", rows=["file,x", "a.jpg,1"])
+    assert dataset_splits("folder", root=plain) == ("all",)

@@ -53,7 +53,8 @@ def test_bundled_weights_loaded_by_position(lite0):
 def test_classifies_real_photos(lite0):
     skimage_data = pytest.importorskip("skimage.data")
     model, info = lite0
-    x = torch.cat([_preprocess(skimage_data.chelsea(), info), _preprocess(skimage_data.coffee(), info)])
+    photos = [skimage_data.chelsea(), skimage_data.coffee()]
+    x = torch.cat([_preprocess(img, info) for img in photos])
     with torch.no_grad():
         top5 = model(x).topk(5, dim=1).indices
     cats = set(range(281, 286))
@@ -67,8 +68,9 @@ def test_measured_normalisation_beats_imagenet_stats(lite0):
     """The recorded (0.5, 0.5) scaling is more confident on the right class than ImageNet stats."""
     skimage_data = pytest.importorskip("skimage.data")
     model, info = lite0
-    imagenet = BackboneInfo(**{**info.__dict__, "mean": (0.485, 0.456, 0.406),
-                               "std": (0.229, 0.224, 0.225)})
+    imagenet = BackboneInfo(
+        **{**info.__dict__, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    )
     img = skimage_data.coffee()
     with torch.no_grad():
         p_ours = model(_preprocess(img, info)).softmax(1)[0, 967]

@@ -110,9 +110,7 @@ def test_train_mode_bn_statistics_are_per_copy(lite0):
     for m, single in enumerate(singles):
         single(x)
         after = tail.unstacked(m)
-        for (n1, b1), (n2, b2) in zip(
-            single.named_buffers(), after.named_buffers(), strict=True
-        ):
+        for (n1, b1), (n2, b2) in zip(single.named_buffers(), after.named_buffers(), strict=True):
             assert n1 == n2
             torch.testing.assert_close(b1, b2, atol=1e-6, rtol=1e-5)
     # eval mode uses the running statistics: batch size 1 works and matches the singles

@@ -37,6 +37,7 @@ from apcnn.data.errors import (
 from apcnn.data.registry import (
     create_dataset,
     dataset_options,
+    dataset_splits,
     get_dataset_class,
     list_datasets,
     register_dataset,
@@ -77,6 +78,7 @@ __all__ = [
     "build_transform",
     "create_dataset",
     "dataset_options",
+    "dataset_splits",
     "default_transform",
     "get_dataset_class",
     "kfold_indices",

@@ -20,6 +20,12 @@ Bad images: with ``check_images=True`` every image is decoded at construction; a
 ``skip_bad_images=True``, is dropped and all drops are counted in one warning. With
 ``skip_bad_images=True`` an image that fails later, in ``__getitem__``, is replaced by the next
 good sample (its ``index`` tells which), counted in ``skipped_indices`` and warned about once.
+
+Common options of the file-based datasets: ``image_size`` (side of the default transform's
+output, and of the cache), ``check_images``, ``skip_bad_images``, and ``cache_dir``: decoded
+images are stored there resized to ``image_size x image_size`` (uint8 ``.npy``), and
+``load_image`` returns that cached copy, so later epochs skip JPEG decoding. With training
+crops, set ``image_size`` to the transform's resize size (e.g. 256 for 224 crops).
 """
 
 from __future__ import annotations
@@ -189,13 +195,17 @@ class AttributeDataset(Dataset):
         idx = np.asarray(indices)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
-                raise ValueError(f"boolean subset mask has shape {idx.shape}, expected ({len(self)},)")
+                raise ValueError(
+                    f"boolean subset mask has shape {idx.shape}, expected ({len(self)},)"
+                )
             idx = np.flatnonzero(idx)
         if idx.size and not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"subset indices must be integers, got dtype {idx.dtype}")
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"subset indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+            raise IndexError(
+                f"subset indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}"
+            )
         idx %= max(len(self), 1)
         new = copy.copy(self)
         new._src = self._src[idx]

@@ -188,7 +188,9 @@ class CelebA(AttributeDataset):
                 "img_align_celeba); extract img_align_celeba.zip there"
             )
         present = {f for f in os.listdir(img_dir) if is_image_file(f)}
-        keep = np.arange(len(files)) if split == "all" else np.flatnonzero(part == PARTITIONS[split])
+        keep = (
+            np.arange(len(files)) if split == "all" else np.flatnonzero(part == PARTITIONS[split])
+        )
         absent = [files[k] for k in keep if files[k] not in present]
         if absent and not skip_bad_images:
             raise MissingFileError(

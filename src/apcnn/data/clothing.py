@@ -122,7 +122,9 @@ class ClothingAttributes(AttributeDataset):
         base = find_root("clothing", root, "ClothingAttributeDataset", "labels")
         img_dir = base / "images"
         if not img_dir.is_dir():
-            raise MissingFileError(f"{img_dir}: images folder not found; expected images/000001.jpg ...")
+            raise MissingFileError(
+                f"{img_dir}: images folder not found; expected images/000001.jpg ..."
+            )
         files = sorted(f for f in os.listdir(img_dir) if is_image_file(f))
         if not files:
             raise MissingFileError(f"{img_dir}: no image files; expected images/000001.jpg ...")

@@ -57,6 +57,23 @@ class ImageFolderAttributes(AttributeDataset):
 
     SPLITS = ("all", "train", "val", "test")
 
+    @staticmethod
+    def splits_present(
+        root: str | os.PathLike[str], labels_file: str = "labels.csv"
+    ) -> tuple[str, ...]:
+        """``("all", ...)`` plus the values of labels.csv's ``split`` column, if it has one."""
+        path = Path(root) / labels_file
+        if not path.is_file():
+            return ("all",)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+        lower = [h.strip().lower() for h in rows[0]] if rows else []
+        if "split" not in lower:
+            return ("all",)
+        k = lower.index("split")
+        vals = sorted({r[k].strip().lower() for r in rows[1:] if len(r) > k and r[k].strip()})
+        return ("all", *vals)
+
     def __init__(
         self,
         root: str | os.PathLike[str] | None = None,
@@ -93,7 +110,9 @@ class ImageFolderAttributes(AttributeDataset):
         if not names:
             raise LabelShapeError(f"{csv_path}: no attribute columns after the file-name column")
         if len(set(names)) != len(names) or any(not n for n in names):
-            raise LabelShapeError(f"{csv_path}: attribute column names must be unique and non-empty")
+            raise LabelShapeError(
+                f"{csv_path}: attribute column names must be unique and non-empty"
+            )
         files, targets, cls_names, splits = [], [], [], []
         for lineno, row in enumerate(rows[1:], 2):
             if len(row) != len(header):

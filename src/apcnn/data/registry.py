@@ -78,6 +78,19 @@ def dataset_options(name: str) -> dict[str, Any]:
     }
 
 
+def dataset_splits(name: str, root: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """Split names dataset ``name`` accepts (its ``SPLITS``), ``"all"`` first.
+
+    With ``root``, datasets whose splits depend on the files (``folder``: only when labels.csv
+    has a ``split`` column) report the splits actually present.
+    """
+    cls = get_dataset_class(name)
+    present = getattr(cls, "splits_present", None)
+    if root is not None and present is not None:
+        return tuple(present(root))
+    return tuple(cls.SPLITS)
+
+
 def create_dataset(
     name: str,
     *,
@@ -104,6 +117,7 @@ def create_dataset(
 __all__ = [
     "create_dataset",
     "dataset_options",
+    "dataset_splits",
     "get_dataset_class",
     "list_datasets",
     "register_dataset",

@@ -153,7 +153,9 @@ class AttributeSchema:
             raise ValueError(f"kinds has {len(self.kinds)} entries for {m} attributes")
         bad = [k for k in self.kinds if k not in (BINARY, MULTICLASS)]
         if bad:
-            raise ValueError(f"unknown attribute kind {bad[0]!r}; valid: {BINARY!r}, {MULTICLASS!r}")
+            raise ValueError(
+                f"unknown attribute kind {bad[0]!r}; valid: {BINARY!r}, {MULTICLASS!r}"
+            )
         seen: dict[int, str] = {}
         for g, idx in self.groups:
             if not idx:

@@ -76,7 +76,7 @@ def seen_unseen_classes(
 
 
 def indices_of_classes(class_ids: Sequence[int] | np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Sorted positions ``i`` with ``class_ids[i]`` in ``classes`` (e.g. the unseen-class images)."""
+    """Sorted positions ``i`` with ``class_ids[i]`` in ``classes`` (e.g. unseen-class images)."""
     cid = np.asarray(class_ids, dtype=np.int64)
     return np.flatnonzero(np.isin(cid, np.asarray(list(classes), dtype=np.int64))).astype(np.int64)
 

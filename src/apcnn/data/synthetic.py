@@ -19,7 +19,7 @@ of an unseen class occurs in seen classes, so zero-shot prediction (DAP) is poss
 Image ``i`` has class ``i % 16`` and is drawn from ``np.random.default_rng([seed, i])``: it is
 the same for any ``num_images``, and images are rendered lazily in ``__getitem__``. Clutter:
 a low-frequency colour-noise background of low saturation, 3-6 random muted lines/outlines,
-0-2 tiny saturated dots, Gaussian pixel noise (sigma 8), brightness jitter.
+0-2 tiny saturated dots, uniform pixel noise (std 8), brightness jitter.
 
 Labels: ``+1/-1`` from the class row; each label is flipped with probability ``label_noise``
 and masked (missing) with probability ``missing_rate``, from row ``i`` of one ``(N, 26)``
@@ -121,7 +121,7 @@ def render_image(index: int, class_id: int, image_size: int = 96, seed: int = 0)
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(3, 7))):  # muted clutter
         g = rng.uniform(40, 220)
-        col = tuple(int(np.clip(g + rng.normal(0, 10), 0, 255)) for _ in range(3))
+        col = tuple(int(min(255.0, max(0.0, g + d))) for d in rng.normal(0, 10, size=3))
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(-0.1 * S, 1.1 * S, size=4))
         width = int(rng.integers(1, max(2, S // 32) + 1))
         kind = rng.integers(3)
@@ -137,7 +137,7 @@ def render_image(index: int, class_id: int, image_size: int = 96, seed: int = 0)
         col = _RGB[COLOURS[int(rng.integers(4))]]
         x, y, rr = rng.uniform(0, S), rng.uniform(0, S), S * rng.uniform(0.02, 0.035)
         draw.ellipse([x - rr, y - rr, x + rr, y + rr], fill=col)
-    img = np.asarray(canvas, dtype=np.float32)
+    img = np.array(canvas, dtype=np.float32)  # writable copy
 
     # object mask, drawn at 2x and box-filtered for smooth edges
     r = S * (rng.uniform(0.12, 0.17) if size == "small" else rng.uniform(0.26, 0.32))
@@ -152,10 +152,13 @@ def render_image(index: int, class_id: int, image_size: int = 96, seed: int = 0)
         md.polygon([(2 * x, 2 * y) for x, y in _shape_polygon(shape, cx, cy, r, theta)], fill=255)
     mask = np.asarray(big.resize((S, S), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255
 
-    # object colour and texture
+    # object colour and texture, computed inside the object's bounding box only
     rgb = np.clip(np.array(_RGB[colour], dtype=np.float32) + rng.normal(0, 14, size=3), 0, 255)
-    dark = rgb * rng.uniform(0.3, 0.45)
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    rgb = rgb.astype(np.float32)
+    dark = rgb * np.float32(rng.uniform(0.3, 0.45))
+    x0, x1 = max(0, int(cx - ext) - 1), min(S, int(cx + ext) + 2)
+    y0, y1 = max(0, int(cy - ext) - 1), min(S, int(cy + ext) + 2)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     if texture == "striped":
         period = S * rng.uniform(0.085, 0.11)
         phi = rng.uniform(0, math.pi)
@@ -168,11 +171,15 @@ def render_image(index: int, class_id: int, image_size: int = 96, seed: int = 0)
         dy = (yy + oy) % period - period / 2
         pat = (dx * dx + dy * dy < (0.3 * period) ** 2).astype(np.float32)[..., None]
     else:
-        pat = np.zeros((S, S, 1), dtype=np.float32)
-    shade = 1.0 + 0.12 * ((xx - cx) / S)[..., None]  # mild lighting gradient
+        pat = np.zeros(xx.shape + (1,), dtype=np.float32)
+    shade = 1.0 + np.float32(0.12 / S) * (xx - np.float32(cx))[..., None]  # lighting gradient
     obj = (rgb * (1 - pat) + dark * pat) * shade
-    img = img * (1 - mask) + obj * mask
-    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 8, size=img.shape).astype(np.float32)
+    m = mask[y0:y1, x0:x1]
+    img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - m) + obj * m
+    img *= np.float32(rng.uniform(0.85, 1.15))
+    # pixel noise: uniform on [-13.9, 13.9] (std 8), from raw bytes (4x faster than normals)
+    noise = np.frombuffer(rng.bytes(img.size), dtype=np.uint8).reshape(img.shape)
+    img += (noise.astype(np.float32) - np.float32(127.5)) * np.float32(13.9 / 127.5)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -227,9 +227,7 @@ class BaseCNN(nn.Module):
         f = cfg["feature_dim"]
         if f is not None and (not isinstance(f, int) or f < 1):
             raise ValueError(f"feature_dim must be a positive int or null, got {f!r}")
-        self.projection: nn.Module = (
-            nn.Identity() if f is None or f == d else nn.Linear(d, f)
-        )
+        self.projection: nn.Module = nn.Identity() if f is None or f == d else nn.Linear(d, f)
         self.feature_dim = d if f is None else f
         self.train()
 

@@ -9,10 +9,10 @@ loads a state dict from disk:
   in the same order as timm's ``tf_efficientnet_lite0`` state dict, so they are loaded by position
   (checked tensor by tensor; any mismatch is an error).
 - ``weights="none"``: random initialisation.
-- ``weights=<path>``: a local ``.pth``/``.pt``/``.bin`` (read with ``torch.load(weights_only=True)``,
-  which never unpickles arbitrary objects) or ``.safetensors`` file, for any timm model name. Keys
-  are matched by name; if no key matches but the tensor count and shapes agree in order, the tensors
-  are loaded by position.
+- ``weights=<path>``: a local ``.pth``/``.pt``/``.bin`` file (read with
+  ``torch.load(weights_only=True)``, which never unpickles arbitrary objects) or a ``.safetensors``
+  file, for any timm model name. Keys are matched by name; if no key matches but the tensor count
+  and shapes agree in order, the tensors are loaded by position.
 
 Input normalisation (measured, see ``benchmarks``/tests): with the bundled lite0 weights the correct
 preprocessing is ``(x - 0.5) / 0.5`` for ``x`` in [0, 1] (TensorFlow's ``(x*255 - 127) / 128``;

@@ -1,0 +1,138 @@
+"""The self-contained HTML report of a run: content, no external resources, and it renders in
+headless Chromium without console errors (screenshot checked for non-blank content)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+                 if Path(p).exists()), None)
+
+TINY = [
+    "data.name=synthetic",
+    "data.image_size=64",
+    "data.num_workers=0",
+    "data.options={num_images: 160}",
+    "model.tail=head",
+    "model.rank=8",
+    "mtl.max_outer=3",
+    "train.batch_size=32",
+    "train.epochs_single=1",
+    "train.epochs_joint=1",
+    "train.rounds=1",
+    "train.methods=[S-CNN, MG-CNN]",
+    "train.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from apcnn.config import TrainConfig, load_config
+    from apcnn.engine import train
+
+    base = tmp_path_factory.mktemp("html")
+    old = os.environ.get("APCNN_CACHE")
+    os.environ["APCNN_CACHE"] = str(base / "cache")
+    try:
+        out = base / "run"
+        train(load_config(TrainConfig, None, [*TINY, f"run.out={out}"]))
+    finally:
+        if old is None:
+            os.environ.pop("APCNN_CACHE", None)
+        else:
+            os.environ["APCNN_CACHE"] = old
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    from apcnn.html_report import write_html_report
+
+    return write_html_report(run_dir)
+
+
+@pytest.mark.slow
+def test_report_is_self_contained_and_complete(report, run_dir):
+    text = report.read_text()
+    assert report == run_dir / "report.html" and (run_dir / "report.md").is_file()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    # no external resources, no scripts
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text, re.I)
+    srcs = re.findall(r'<img src="([^"]+)"', text)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    # sections: results table, |S|, sharing, PR curves, training curves, config
+    for needle in ["<h2>Results</h2>", "<table>", "MG-CNN", "S-CNN", "|S| of MG-CNN",
+                   "attribute sharing of MG-CNN", "precision-recall curves of MG-CNN",
+                   "training curves", "Configuration", "per-attribute scores"]:
+        assert needle in text, needle
+    assert "Skipped" not in text
+    import base64
+    import io
+
+    from PIL import Image
+
+    for s in srcs:  # every embedded image decodes
+        Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).verify()
+
+
+@pytest.mark.slow
+def test_cli_report_without_pr_curves(run_dir, tmp_path, capsys):
+    from apcnn.cli import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "report.html").unlink(missing_ok=True)
+    assert main(["report", str(copy), "--no-pr"]) == 0
+    text = (copy / "report.html").read_text()
+    assert "Skipped (pr_curves=False" in text and "<h2>Results</h2>" in text
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_report_errors_on_unfinished_run(tmp_path):
+    from apcnn.html_report import write_html_report
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        write_html_report(tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium absent")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    profile = tmp_path / "profile"
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
+        f"--screenshot={shot}", "--window-size=1280,2400", report.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    log = proc.stdout + proc.stderr
+    assert shot.is_file(), log[-2000:]
+    console = [ln for ln in log.splitlines()
+               if "Uncaught" in ln or ("CONSOLE" in ln and "error" in ln.lower())
+               or "Failed to load resource" in ln or "net::ERR_" in ln]
+    assert not console, "\n".join(console)
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert img.shape[:2] == (2400, 1280)
+    # not blank: plenty of non-white pixels (tables, text, plots) and colour (the figures)
+    non_white = (img.min(axis=2) < 230).mean()
+    coloured = (img.max(axis=2) - img.min(axis=2) > 60).mean()
+    print(f"screenshot {shot}: non-white {non_white:.3f}, coloured {coloured:.3f}")
+    assert non_white > 0.05 and coloured > 0.01
+    keep = os.environ.get("APCNN_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
