@@ -65,10 +65,10 @@ def main() -> None:
 
     import numpy as np
     import torch
+    from benchmarks._report import write_section
 
     from apcnn.export import export_onnx, onnx_session, run_onnx
     from apcnn.predictor import load_predictor
-    from benchmarks._report import write_section
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
 
     ckpt = out / "checkpoints" / "MG-CNN"
     evaluated = evaluate_checkpoint(ckpt)
-    assert evaluated["metrics"]["total"] == pytest.approx(
+    assert evaluated["metrics"]["accuracy"]["total"] == pytest.approx(
         metrics["methods"]["MG-CNN"]["total"], abs=1e-6
     )
     from apcnn.data import create_dataset

@@ -61,6 +61,24 @@ def test_extract_matches_direct_in_order(batch_size, num_workers):
     out.requires_grad_()  # usable in autograd
 
 
+def test_bound_method_runs_in_eval_mode():
+    ds, net = TinyAttributes(), _net()
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def embed(self, x):
+            return self.net(x)
+
+    w = Wrapper().train()
+    out = extract_features(w.embed, ds, batch_size=5)
+    assert w.training and net.training
+    with torch.no_grad():
+        torch.testing.assert_close(out, net.eval()(ds.images), atol=1e-6, rtol=1e-5)
+
+
 def test_extract_with_function_amp_and_progress():
     ds, net = TinyAttributes(), _net().eval()
     calls = []

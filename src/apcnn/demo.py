@@ -57,7 +57,7 @@ def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, quick: bool = Fals
     from .runlog import atomic_write_json
 
     cfg = demo_config(out, seed=seed, quick=quick)
-    result = train(cfg)
+    result = train(cfg, overwrite=True)
     results = result["results_json"]
     atomic_write_json(Path(out) / "results.json", results)
     print()

@@ -94,13 +94,14 @@ class SplitData:
         return self.inputs.shape[0]
 
 
-def build_datasets(cfg: Any, transform: Any) -> dict[str, Any]:
-    """train / val / test datasets from the config.
+def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]]:
+    """train / val / test as ``{split: (source dataset, indices into it)}``.
 
     Datasets with official splits use them (``train``, ``val`` when present, ``test``); those
     without (Clothing) use the seeded k-fold protocol of DESIGN.md section 2 on ``all``: fold
     ``data.fold`` of ``data.folds`` is the test set. Without an official ``val`` split, a seeded
     ``data.val_fraction`` of the training part is held out for calibration and monitoring.
+    Splits that come from one source share its cached trunk features.
     """
     from .data import create_dataset
     from .data.splits import kfold_indices, train_val_split
@@ -113,11 +114,14 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, Any]:
     if "train" in splits and "test" in splits:
         train = create_dataset(d.name, split="train", **kwargs)
         test = create_dataset(d.name, split="test", **kwargs)
+        out = {"train": (train, np.arange(len(train))), "test": (test, np.arange(len(test)))}
         if "val" in splits:
-            return {"train": train, "val": create_dataset(d.name, split="val", **kwargs),
-                    "test": test}
-        tr, va = train_val_split(np.arange(len(train)), d.val_fraction, d.split_seed)
-        return {"train": train.subset(tr), "val": train.subset(va), "test": test}
+            val = create_dataset(d.name, split="val", **kwargs)
+            out["val"] = (val, np.arange(len(val)))
+        else:
+            tr, va = train_val_split(np.arange(len(train)), d.val_fraction, d.split_seed)
+            out["train"], out["val"] = (train, np.asarray(tr)), (train, np.asarray(va))
+        return out
     full = create_dataset(d.name, split="all", **kwargs)
     if not 0 <= d.fold < d.folds:
         from .config import ConfigError
@@ -125,7 +129,8 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, Any]:
         raise ConfigError(f"data.fold={d.fold} is outside 0..{d.folds - 1} (data.folds={d.folds})")
     train_idx, test_idx = kfold_indices(len(full), d.folds, d.split_seed)[d.fold]
     tr, va = train_val_split(np.asarray(train_idx), d.val_fraction, d.split_seed)
-    return {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(test_idx)}
+    return {"train": (full, np.asarray(tr)), "val": (full, np.asarray(va)),
+            "test": (full, np.asarray(test_idx))}
 
 
 def available_splits(name: str, root: str | None = None) -> tuple[str, ...]:
@@ -165,7 +170,7 @@ class Trainer:
         info = self.backbone_info
         self.transform = build_transform(cfg.data.image_size, info.mean, info.std, train=False)
         self.datasets = build_datasets(cfg, self.transform)
-        self.schema: AttributeSchema = self.datasets["train"].schema
+        self.schema: AttributeSchema = self.datasets["train"][0].schema
         m = self.schema.num_attributes
         cnn = AttributeCNN(
             backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
@@ -177,7 +182,7 @@ class Trainer:
                 "model.freeze_trunk=false is not supported by the CPU training engine yet; "
                 "use model.tail=all for complete per-attribute CNNs (their trunk is empty)"
             )
-        head = LatentTaskLayer(cnn.feature_dim, m, m, bias=True)
+        head = LatentTaskLayer(cnn.feature_dim, num_latent=m, num_attributes=m)
         self.predictor = AttributePredictor(cnn, head, m).to(self.device)
         self._single_head(self.predictor)
         self.model_meta = {
@@ -194,7 +199,7 @@ class Trainer:
             "mean": list(info.mean),
             "std": list(info.std),
         }
-        self.splits = {name: self._cache_split(name, ds) for name, ds in self.datasets.items()}
+        self.splits = self._cache_splits()
         self.state = TrainState()
         self.optimizer: torch.optim.Optimizer | None = None
         self.plan = self._make_plan()
@@ -202,10 +207,27 @@ class Trainer:
             self._load_state()
 
     # ------------------------------------------------------------------ data
-    def _cache_split(self, name: str, dataset: Any) -> SplitData:
+    def _cache_splits(self) -> dict[str, SplitData]:
+        """Trunk features of every split, computed once per source dataset and cached on disk."""
+        features: dict[int, torch.Tensor] = {}
+        splits = {}
+        for name, (source, indices) in self.datasets.items():
+            if id(source) not in features:
+                features[id(source)] = self._trunk_features(source)
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            splits[name] = SplitData(
+                name=name,
+                inputs=features[id(source)][idx].to(self.device),
+                targets=torch.as_tensor(source.targets[indices], dtype=torch.float32,
+                                        device=self.device),
+                mask=torch.as_tensor(source.mask[indices], dtype=torch.bool, device=self.device),
+                indices=np.asarray(indices),
+            )
+        return splits
+
+    def _trunk_features(self, dataset: Any) -> torch.Tensor:
         from .features import FeatureCache, extract_features
 
-        cnn = self.predictor.cnn
         key = {
             "dataset": dataset.cache_key(),
             "backbone": self.cfg.model.backbone,
@@ -215,25 +237,18 @@ class Trainer:
         }
 
         def compute() -> torch.Tensor:
-            self.log.info("extracting trunk features for %s (%d images)", name, len(dataset))
+            self.log.info("extracting trunk features (%d images)", len(dataset))
             return extract_features(
-                cnn.forward_trunk,
+                self.predictor.cnn.forward_trunk,
                 dataset,
                 batch_size=self.cfg.train.batch_size,
                 num_workers=self.cfg.data.num_workers,
                 device=self.device,
                 amp=False,
-                progress=True,
+                progress=self.run.is_main,
             )
 
-        inputs = FeatureCache(cache_root() / "features").get_or_compute(key, compute)
-        return SplitData(
-            name=name,
-            inputs=inputs.to(self.device),
-            targets=torch.as_tensor(dataset.targets, dtype=torch.float32, device=self.device),
-            mask=torch.as_tensor(dataset.mask, dtype=torch.bool, device=self.device),
-            indices=np.arange(len(dataset)),
-        )
+        return FeatureCache(cache_root() / "features").get_or_compute(key, compute)
 
     # ------------------------------------------------------------------ plan
     def _methods(self) -> list[str]:
@@ -330,16 +345,16 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            running += float(loss)
+            running += float(loss.detach())
         n_steps = step + 1
         val = self._evaluate("val")
         self.run.log_metrics(
             self.state.completed, method=method, phase="sgd", round=rnd, epoch=epoch,
-            loss=running / n_steps, val_accuracy=val["total"], lr=lr, seconds=time.time() - start,
+            loss=running / n_steps, val_accuracy=val["accuracy"]["total"], lr=lr, seconds=time.time() - start,
         )
         self.log.info(
             "%s round %d epoch %d: loss %.4f, val accuracy %.2f%%",
-            method, rnd, epoch, running / n_steps, 100 * val["total"],
+            method, rnd, epoch, running / n_steps, 100 * val["accuracy"]["total"],
         )
 
     def _solve(self, method: str, rnd: int) -> None:
@@ -367,7 +382,9 @@ class Trainer:
             bias=True, seed=self.cfg.train.seed,
         )
         if not warm:
-            new_head = LatentTaskLayer(head.L.shape[0], head.S.shape[1], self.cfg.model.rank)
+            new_head = LatentTaskLayer(
+                head.L.shape[0], num_latent=self.cfg.model.rank, num_attributes=head.S.shape[1]
+            )
             self.predictor.head = new_head.to(self.device)
         self.predictor.head.load_solution(result.L, result.S, result.bias)
         self.state.histories.setdefault(method, []).extend(float(v) for v in result.history)
@@ -403,14 +420,16 @@ class Trainer:
         )
         if method == "S-CNN":
             self._scnn_snapshot = copy.deepcopy(self.predictor.state_dict())
-        self.log.info("%s test accuracy %.2f%%", method, 100 * metrics["total"])
+        self.log.info("%s test accuracy %.2f%%", method, 100 * metrics["accuracy"]["total"])
 
     def _restore_scnn(self) -> None:
         """M-CNN and MG-CNN both start from S-CNN's fine-tuned tails."""
         from .models.latent import LatentTaskLayer
 
         m = self.schema.num_attributes
-        self.predictor.head = LatentTaskLayer(self.predictor.cnn.feature_dim, m, m).to(
+        self.predictor.head = LatentTaskLayer(
+            self.predictor.cnn.feature_dim, num_latent=m, num_attributes=m
+        ).to(
             self.device
         )
         self.predictor.load_state_dict(self._scnn_state())
@@ -494,7 +513,9 @@ class Trainer:
                 "config saved in the run folder or start a new --out folder"
             )
         m, rank = self.schema.num_attributes, int(meta["rank"])
-        self.predictor.head = LatentTaskLayer(self.predictor.cnn.feature_dim, m, rank).to(
+        self.predictor.head = LatentTaskLayer(
+            self.predictor.cnn.feature_dim, num_latent=rank, num_attributes=m
+        ).to(
             self.device
         )
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -520,8 +541,11 @@ def hash_seed(seed: int, method: str, rnd: int, epoch: int) -> int:
 
 
 # ------------------------------------------------------------------------------ entry points
-def train(cfg: Any, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: Any, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train every method of ``cfg.train.methods`` and write the run folder ``cfg.run.out``.
+
+    A folder that already holds a run is continued with ``resume=True``, replaced with
+    ``overwrite=True`` and otherwise refused (nothing is lost by accident).
 
     Returns ``{"results": {method: metrics}, "histories": ..., "schema": AttributeSchema,
     "S": final S, "W": final W, "seconds": wall time}``.
@@ -530,6 +554,23 @@ def train(cfg: Any, *, resume: bool = False) -> dict[str, Any]:
     from .runlog import RunDir, seed_everything
 
     check_data_root(cfg)
+    state = Path(cfg.run.out) / "checkpoints" / "state"
+    if state.exists() and not resume:
+        if not overwrite:
+            from .config import ConfigError
+
+            raise ConfigError(
+                f"run folder {cfg.run.out} already holds a run; pass --resume to continue it or "
+                "--out DIR for a new one"
+            )
+        import shutil
+
+        for name in ("checkpoints", "metrics.jsonl", "metrics.json", "train.log"):
+            target = Path(cfg.run.out) / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
     start = time.time()
     seed_everything(cfg.train.seed)
     with RunDir(cfg.run.out) as run:
@@ -611,7 +652,8 @@ def evaluate_checkpoint(
     datasets = build_datasets(cfg, transform)
     if split not in datasets:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
-    dataset = datasets[split]
+    source, indices = datasets[split]
+    dataset = source.subset(indices)
     device = resolve_device(cfg.train.device)
     predictor.to(device)
     scores = extract_features(

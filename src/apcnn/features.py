@@ -63,8 +63,9 @@ def extract_features(
     """Apply ``module_fn`` to every image of ``dataset``; returns (N, ...) float32 on the CPU.
 
     Args:
-        module_fn: images (B, 3, H, W) on ``device`` -> (B, ...). An ``nn.Module`` is put in
-            eval mode for the call (its mode is restored afterwards).
+        module_fn: images (B, 3, H, W) on ``device`` -> (B, ...). An ``nn.Module`` (or a bound
+            method of one, e.g. ``cnn.forward_trunk``) is put in eval mode for the call and its
+            mode restored afterwards.
         dataset: ``len(dataset)`` items, ``dataset[i]["image"]`` (3, H, W), ``["index"] == i``.
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes (0 = load in this process).
@@ -95,10 +96,14 @@ def extract_features(
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
     )
+    # a module, or a bound method of one (e.g. ``cnn.forward_trunk``), runs in eval mode
+    owner = module_fn if isinstance(module_fn, torch.nn.Module) else None
+    if owner is None and isinstance(getattr(module_fn, "__self__", None), torch.nn.Module):
+        owner = module_fn.__self__  # type: ignore[attr-defined]
     was_training = None
-    if isinstance(module_fn, torch.nn.Module):
-        was_training = module_fn.training
-        module_fn.eval()
+    if owner is not None:
+        was_training = owner.training
+        owner.eval()
     out: torch.Tensor | None = None
     seen = torch.zeros(n, dtype=torch.bool)
     bar = None
@@ -128,8 +133,8 @@ def extract_features(
     finally:
         if bar is not None:
             bar.close()
-        if was_training is not None:
-            module_fn.train(was_training)  # type: ignore[union-attr]
+        if owner is not None:
+            owner.train(bool(was_training))
     if out is None:
         raise ValueError("dataset is empty; nothing to extract")
     if not bool(seen.all()):

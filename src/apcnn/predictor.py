@@ -62,7 +62,7 @@ def build_predictor(model_meta: dict[str, Any], *, pretrained: bool) -> Attribut
         freeze_trunk=model_meta.get("freeze_trunk", True),
     )
     head = LatentTaskLayer(
-        cnn.feature_dim, model_meta["num_attributes"], model_meta["rank"], bias=True
+        cnn.feature_dim, num_latent=model_meta["rank"], num_attributes=model_meta["num_attributes"]
     )
     return AttributePredictor(cnn, head, model_meta["num_attributes"])
 

@@ -97,11 +97,12 @@ def as_group_index(groups: Sequence[Sequence[int]] | GroupIndex, n_attributes: i
 
 
 def group_norms(S: Tensor, groups: Sequence[Sequence[int]] | GroupIndex) -> Tensor:
-    """``(K, G)`` tensor of ``‖S[k, g]‖₂``."""
+    """``(K, G)`` tensor of ``‖S[k, g]‖₂`` (autograd-safe: subgradient 0 at a zero group)."""
     gi = as_group_index(groups, S.shape[1], S.device)
     sq = torch.zeros(S.shape[0], gi.n_groups, dtype=S.dtype, device=S.device)
-    sq.index_add_(1, gi.gid, S[:, gi.idx] ** 2)
-    return sq.sqrt()
+    sq = sq.index_add(1, gi.gid, S[:, gi.idx] ** 2)
+    pos = sq > 0
+    return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
 
 def group_norm(S: Tensor, groups: Sequence[Sequence[int]] | GroupIndex) -> Tensor:

@@ -318,7 +318,7 @@ class MTL(nn.Module):
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank!r}")
         self.groups = _check_groups(groups, num_attributes)
-        self.latent = LatentTaskLayer(feat, num_attributes, self.rank)
+        self.latent = LatentTaskLayer(feat, num_latent=self.rank, num_attributes=num_attributes)
         for name in ("L", "S"):
             p = getattr(self.latent, name)
             setattr(self.latent, name, _ModuleLikeParameter(p.data, p.requires_grad))
