@@ -15,6 +15,7 @@ robust to other load on the machine. Run: ``python benchmarks/bench_tails.py [--
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def best_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, flo
     return best
 
 
-def bench_tails(model: torch.nn.Module, reps: int) -> list[tuple[str, int, float, float]]:
+def bench_tails(model: torch.nn.Module, reps: int) -> list[dict[str, float | int | str]]:
     blocks = [b for stage in model.blocks for b in stage]
     head = [model.conv_head, model.bn2]
     cases = {"head": (head, 320), "1": ([blocks[-1], *head], 192)}
@@ -55,8 +56,10 @@ def bench_tails(model: torch.nn.Module, reps: int) -> list[tuple[str, int, float
             tail = StackedTail(layers, M).train()
             singles = [tail.unstacked(m).train() for m in range(M)]
             x = torch.randn(batch, channels, 7, 7, generator=torch.Generator().manual_seed(0))
+            auto = tail.copies_per_pass(x)
 
-            def batched(tail=tail, x=x):
+            def batched(tail=tail, x=x, chunk=None):
+                tail.chunk_size = chunk
                 tail.zero_grad(set_to_none=True)
                 tail(x).square().mean().backward()
 
@@ -65,10 +68,17 @@ def bench_tails(model: torch.nn.Module, reps: int) -> list[tuple[str, int, float
                     s.zero_grad(set_to_none=True)
                 torch.stack([s(x) for s in singles], 1).square().mean().backward()
 
-            t = best_times({"batched": batched, "loop": loop}, reps)
-            rows.append((tail_name, batch, t["batched"], t["loop"]))
-            print(f"tail={tail_name} B={batch}: batched {t['batched'] * 1e3:.0f} ms, "
-                  f"loop {t['loop'] * 1e3:.0f} ms, ratio {t['loop'] / t['batched']:.2f}")
+            fns = {"one_pass": batched, "auto": lambda b=batched: b(chunk="auto"), "loop": loop}
+            if auto >= M:
+                del fns["auto"]
+            t = best_times(fns, reps)
+            t.setdefault("auto", t["one_pass"])
+            row = {"tail": tail_name, "batch": batch, "chunk": min(auto, M), **t}
+            rows.append(row)
+            print(
+                f"tail={tail_name} B={batch}: one pass {t['one_pass'] * 1e3:.0f} ms, "
+                f"auto (c={row['chunk']}) {t['auto'] * 1e3:.0f} ms, loop {t['loop'] * 1e3:.0f} ms"
+            )
     return rows
 
 
@@ -105,8 +115,10 @@ def bench_extraction(model: torch.nn.Module, n: int, reps: int) -> dict[str, flo
     err16 = float((out16 - ref).abs().max() / ref.abs().max())
     t = best_times({"naive": naive, "fast_fp32": fast_fp32, "fast_bf16": fast_bf16}, reps)
     ips = {k: n / v for k, v in t.items()}
-    print(f"extraction: naive {ips['naive']:.1f} img/s, fast fp32 {ips['fast_fp32']:.1f} img/s "
-          f"(rel. err {err32:.1e}), fast bf16 {ips['fast_bf16']:.1f} img/s (rel. err {err16:.1e})")
+    print(
+        f"extraction: naive {ips['naive']:.1f} img/s, fast fp32 {ips['fast_fp32']:.1f} img/s "
+        f"(rel. err {err32:.1e}), fast bf16 {ips['fast_bf16']:.1f} img/s (rel. err {err16:.1e})"
+    )
     return {**ips, "err32": err32, "err16": err16}
 
 
@@ -116,6 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     reps = 2 if args.quick else 5
     n_images = 64 if args.quick else 256
+    load = os.getloadavg()[0]
     torch.manual_seed(0)
     model, _ = create_backbone()
     rows = bench_tails(model, reps)
@@ -126,14 +139,23 @@ def main() -> None:
         "",
         f"(a) Forward + backward (train mode) of M={M} attribute-specific tails of "
         "tf_efficientnet_lite0 on 7x7 trunk features: one batched `StackedTail` vs a Python "
-        f"loop over {M} unbatched copies (same weights and inputs). Best of {reps} interleaved "
-        "runs. Ratio = loop time / batched time (> 1: batched is faster).",
+        f"loop over {M} unbatched copies (same weights and inputs). `StackedTail` runs all "
+        "copies in one pass (`chunk_size=None`) or, by default (`chunk_size='auto'`), in "
+        f"cache-sized passes of several copies. Best of {reps} interleaved runs; ratios > 1 mean "
+        f"the batched module is faster. Load average (1 min) at start: {load:.1f}, at end: "
+        f"{os.getloadavg()[0]:.1f} (2 shared cores: other load slows the many small operations "
+        "of the loop most).",
         "",
-        "| tail | batch | batched (ms) | loop (ms) | ratio |",
-        "|---|---|---|---|---|",
+        "| tail | batch | one pass (ms) | auto chunks: copies/pass | auto (ms) | loop (ms) "
+        "| loop / one pass | loop / auto |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, batch, tb, tl in rows:
-        lines.append(f"| {name} | {batch} | {tb * 1e3:.0f} | {tl * 1e3:.0f} | {tl / tb:.2f} |")
+    for r in rows:
+        lines.append(
+            f"| {r['tail']} | {r['batch']} | {r['one_pass'] * 1e3:.0f} | {r['chunk']} | "
+            f"{r['auto'] * 1e3:.0f} | {r['loop'] * 1e3:.0f} | {r['loop'] / r['one_pass']:.2f} | "
+            f"{r['loop'] / r['auto']:.2f} |"
+        )
     lines += [
         "",
         f"(b) Pooled features of the default backbone (tf_efficientnet_lite0, 224 px, "

@@ -99,8 +99,12 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .zeroshot import format_zeroshot, zeroshot_from_checkpoint
 
     result = zeroshot_from_checkpoint(
-        args.checkpoint, root=args.root, split=args.split, json_path=args.json,
-        method=args.method, iap_posteriors=args.iap_posteriors,
+        args.checkpoint,
+        root=args.root,
+        split=args.split,
+        json_path=args.json,
+        method=args.method,
+        iap_posteriors=args.iap_posteriors,
     )
     print(format_zeroshot(result))
     return 0
@@ -199,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--method", choices=["dap", "iap"], default="dap")
     p.add_argument(
-        "--iap-posteriors", choices=["dap", "logistic"], default="dap",
+        "--iap-posteriors",
+        choices=["dap", "logistic"],
+        default="dap",
         help="IAP seen-class posteriors: DAP over seen classes or a logistic layer on scores",
     )
     p.set_defaults(func=cmd_zeroshot)

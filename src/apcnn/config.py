@@ -154,6 +154,10 @@ class MTLConfig:
     max_outer: int = 20  #: alternations of the S- and L-steps
     tol: float = 1e-5  #: relative objective decrease that stops the alternation
     max_iter: int = 500  #: iterations per subproblem
+    inner_tol: float = 1e-6  #: relative change that stops a subproblem solver
+    #: if not empty: mu values tried at the first solve of each method, the best on the
+    #: validation split is kept (and recorded); mu above is then ignored
+    mu_grid: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("mu", "gamma", "lam"):

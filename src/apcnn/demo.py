@@ -2,8 +2,8 @@
 
 Generates the synthetic attribute images, trains S-CNN and MG-CNN on the ImageNet-pretrained
 default backbone, prints the per-group results table and writes ``OUT/results.json`` (the schema of
-DESIGN.md section 3) and ``OUT/report.md``. The same settings are ``configs/demo.yaml`` (a test keeps
-the two equal), so ``apcnn train -c configs/demo.yaml`` reproduces it.
+DESIGN.md section 3) and ``OUT/report.md``. The same settings are ``configs/demo.yaml`` (a test
+keeps the two equal), so ``apcnn train -c configs/demo.yaml`` reproduces it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def demo_config(out: str | Path, *, seed: int = 0, quick: bool = False) -> Any:
     return load_config(TrainConfig, None, overrides)
 
 
-def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False
+) -> dict[str, Any]:
     """Train the demo, print the table, write results.json and report.md into ``out``."""
     from .engine import train
     from .reports import format_table

@@ -129,8 +129,11 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]
         raise ConfigError(f"data.fold={d.fold} is outside 0..{d.folds - 1} (data.folds={d.folds})")
     train_idx, test_idx = kfold_indices(len(full), d.folds, d.split_seed)[d.fold]
     tr, va = train_val_split(np.asarray(train_idx), d.val_fraction, d.split_seed)
-    return {"train": (full, np.asarray(tr)), "val": (full, np.asarray(va)),
-            "test": (full, np.asarray(test_idx))}
+    return {
+        "train": (full, np.asarray(tr)),
+        "val": (full, np.asarray(va)),
+        "test": (full, np.asarray(test_idx)),
+    }
 
 
 def available_splits(name: str, root: str | None = None) -> tuple[str, ...]:
@@ -147,26 +150,28 @@ class TrainState:
     completed: int = 0  # number of plan steps done
     results: dict[str, Any] = field(default_factory=dict)  # method -> test metrics
     histories: dict[str, list[float]] = field(default_factory=dict)  # method -> objective
+    chosen: dict[str, Any] = field(default_factory=dict)  # method -> hyperparameters chosen
 
 
 class Trainer:
     """Runs the plan of steps for one configuration; see the module docstring."""
 
     def __init__(self, cfg: Any, run: Any, *, resume: bool = False) -> None:
+        from .config import config_to_dict
         from .data.transforms import build_transform
         from .models.attribute_cnn import AttributeCNN
         from .models.backbone import create_backbone
         from .models.latent import LatentTaskLayer
         from .predictor import AttributePredictor
 
-        from .config import config_to_dict
-
         self.cfg, self.run = cfg, run
         self.config_dict = config_to_dict(cfg)
         self.log = run.logger
         self.device = resolve_device(cfg.train.device)
         self.amp = autocast_dtype(cfg.train.amp, self.device)
-        backbone, self.backbone_info = create_backbone(cfg.model.backbone, weights=cfg.model.weights)
+        backbone, self.backbone_info = create_backbone(
+            cfg.model.backbone, weights=cfg.model.weights
+        )
         info = self.backbone_info
         self.transform = build_transform(cfg.data.image_size, info.mean, info.std, train=False)
         self.datasets = build_datasets(cfg, self.transform)
@@ -218,8 +223,9 @@ class Trainer:
             splits[name] = SplitData(
                 name=name,
                 inputs=features[id(source)][idx].to(self.device),
-                targets=torch.as_tensor(source.targets[indices], dtype=torch.float32,
-                                        device=self.device),
+                targets=torch.as_tensor(
+                    source.targets[indices], dtype=torch.float32, device=self.device
+                ),
                 mask=torch.as_tensor(source.mask[indices], dtype=torch.bool, device=self.device),
                 indices=np.asarray(indices),
             )
@@ -278,7 +284,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=len(self.plan), initial=self.state.completed, desc="training", unit="step",
+            total=len(self.plan),
+            initial=self.state.completed,
+            desc="training",
+            unit="step",
             disable=not self.run.is_main,
         )
         for i in range(self.state.completed, len(self.plan)):
@@ -349,53 +358,109 @@ class Trainer:
         n_steps = step + 1
         val = self._evaluate("val")
         self.run.log_metrics(
-            self.state.completed, method=method, phase="sgd", round=rnd, epoch=epoch,
-            loss=running / n_steps, val_accuracy=val["accuracy"]["total"], lr=lr, seconds=time.time() - start,
+            self.state.completed,
+            method=method,
+            phase="sgd",
+            round=rnd,
+            epoch=epoch,
+            loss=running / n_steps,
+            val_accuracy=val["accuracy"]["total"],
+            lr=lr,
+            seconds=time.time() - start,
         )
         self.log.info(
             "%s round %d epoch %d: loss %.4f, val accuracy %.2f%%",
-            method, rnd, epoch, running / n_steps, 100 * val["accuracy"]["total"],
+            method,
+            rnd,
+            epoch,
+            running / n_steps,
+            100 * val["accuracy"]["total"],
         )
 
     def _solve(self, method: str, rnd: int) -> None:
-        """Algorithm 1 on the current tail features: L, S (and bias) of eq. 2."""
-        from .models.latent import LatentTaskLayer
-        from .solvers import fit_alternating
+        """Algorithm 1 on the current tail features: L, S (and bias) of eq. 2.
 
-        m_cfg, data = self.cfg.mtl, self.splits["train"]
+        The first solve of a method starts from S-CNN (W = [w_1 .. w_M], L from its SVD); later
+        rounds warm-start from the current L and S. With ``mtl.mu_grid`` the first solve tries
+        each mu and keeps the one with the best validation accuracy.
+        """
+        from .models.latent import LatentTaskLayer
+
+        m_cfg = self.cfg.mtl
         warm = rnd > 0
         if not warm:
-            self._restore_scnn()  # start from S-CNN's tails and W = [w_1 .. w_M] (D x M)
-        x = self._tail_features(data)
-        y, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
-        schema = self.schema if method == "MG-CNN" else self.schema.with_single_group()
-        n = float(mask.sum(axis=0).mean())  # penalties are per training sample (see config)
+            self._restore_scnn()
         head = self.predictor.head
-        result = fit_alternating(
-            x, y, schema.group_indices,
-            mu=m_cfg.mu * n, gamma=m_cfg.gamma * n, lam=m_cfg.lam * n,
-            K=self.cfg.model.rank, mask=mask,
-            W0=None if warm else (head.L @ head.S).detach().cpu().numpy(),
-            L0=head.L.detach().cpu().numpy() if warm else None,
-            S0=head.S.detach().cpu().numpy() if warm else None,
-            max_outer=m_cfg.max_outer, tol=m_cfg.tol, method=m_cfg.method, loss=m_cfg.loss,
-            bias=True, seed=self.cfg.train.seed,
-        )
-        if not warm:
-            new_head = LatentTaskLayer(
+        x = self._tail_features(self.splits["train"])
+        if warm:
+            mu = self.state.chosen.get(method, {}).get("mu", m_cfg.mu)
+            result = self._fit_mtl(method, mu, x, L0=head.L, S0=head.S)
+        else:
+            w0 = (head.L @ head.S).detach()
+            self.predictor.head = LatentTaskLayer(
                 head.L.shape[0], num_latent=self.cfg.model.rank, num_attributes=head.S.shape[1]
-            )
-            self.predictor.head = new_head.to(self.device)
+            ).to(self.device)
+            best = None
+            for mu in m_cfg.mu_grid or [m_cfg.mu]:
+                candidate = self._fit_mtl(method, mu, x, W0=w0)
+                self.predictor.head.load_solution(candidate.L, candidate.S, candidate.bias)
+                val = self._evaluate("val")["accuracy"]["total"]
+                self.log.info("%s: mu=%g gives validation accuracy %.2f%%", method, mu, 100 * val)
+                if best is None or val > best[0]:
+                    best = (val, mu, candidate)
+            val, mu, result = best
+            self.state.chosen[method] = {"mu": mu, "val_accuracy": val}
         self.predictor.head.load_solution(result.L, result.S, result.bias)
         self.state.histories.setdefault(method, []).extend(float(v) for v in result.history)
         self.run.log_metrics(
-            self.state.completed, method=method, phase="solve", round=rnd,
-            objective=float(result.history[-1]), outer_iterations=int(result.n_iter),
+            self.state.completed,
+            method=method,
+            phase="solve",
+            round=rnd,
+            objective=float(result.history[-1]),
+            outer_iterations=int(result.n_iter),
             converged=bool(result.converged),
         )
         self.log.info(
             "%s round %d: solver objective %.5g after %d outer iterations",
-            method, rnd, result.history[-1], result.n_iter,
+            method,
+            rnd,
+            result.history[-1],
+            result.n_iter,
+        )
+
+    def _fit_mtl(self, method: str, mu: float, x: np.ndarray, *, W0=None, L0=None, S0=None):
+        """fit_alternating on tail features x (N, M, D), penalties scaled per sample."""
+        from .solvers import fit_alternating
+
+        m_cfg, data = self.cfg.mtl, self.splits["train"]
+        y, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
+        schema = self.schema if method == "MG-CNN" else self.schema.with_single_group()
+        n = float(mask.sum(axis=0).mean())  # penalties are per training sample (see config)
+
+        def numpy(t: torch.Tensor | None) -> np.ndarray | None:
+            return None if t is None else t.detach().cpu().numpy()
+
+        return fit_alternating(
+            x,
+            y,
+            schema.group_indices,
+            mu=mu * n,
+            gamma=m_cfg.gamma * n,
+            lam=m_cfg.lam * n,
+            K=self.cfg.model.rank,
+            mask=mask,
+            W0=numpy(W0),
+            L0=numpy(L0),
+            S0=numpy(S0),
+            max_outer=m_cfg.max_outer,
+            tol=m_cfg.tol,
+            method=m_cfg.method,
+            loss=m_cfg.loss,
+            bias=True,
+            seed=self.cfg.train.seed,
+            max_iter=m_cfg.max_iter,
+            inner_tol=m_cfg.inner_tol,
         )
 
     def _finish(self, method: str) -> None:
@@ -429,9 +494,7 @@ class Trainer:
         m = self.schema.num_attributes
         self.predictor.head = LatentTaskLayer(
             self.predictor.cnn.feature_dim, num_latent=m, num_attributes=m
-        ).to(
-            self.device
-        )
+        ).to(self.device)
         self.predictor.load_state_dict(self._scnn_state())
 
     def _scnn_state(self) -> dict[str, torch.Tensor]:
@@ -478,8 +541,10 @@ class Trainer:
     def _save_state(self) -> None:
         from .checkpoint import flatten_state_dict, save_checkpoint
 
-        tensors = {f"model.{k}": v.detach().cpu().contiguous()
-                   for k, v in self.predictor.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous()
+            for k, v in self.predictor.state_dict().items()
+        }
         opt_meta = None
         if self.optimizer is not None:
             opt_tensors, opt_meta = flatten_state_dict(self.optimizer.state_dict())
@@ -489,6 +554,7 @@ class Trainer:
             "plan": [list(p) for p in self.plan],
             "results": self.state.results,
             "histories": self.state.histories,
+            "chosen": self.state.chosen,
             "rank": int(self.predictor.head.S.shape[0]),
             "optimizer": opt_meta,
             "config": self.config_dict,
@@ -515,20 +581,21 @@ class Trainer:
         m, rank = self.schema.num_attributes, int(meta["rank"])
         self.predictor.head = LatentTaskLayer(
             self.predictor.cnn.feature_dim, num_latent=rank, num_attributes=m
-        ).to(
-            self.device
-        )
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        ).to(self.device)
+        model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         self.predictor.load_state_dict(model)
         self.state = TrainState(
-            completed=int(meta["completed"]), results=meta["results"], histories=meta["histories"]
+            completed=int(meta["completed"]),
+            results=meta["results"],
+            histories=meta["histories"],
+            chosen=meta.get("chosen", {}),
         )
         if meta["optimizer"] is not None and self.state.completed < len(self.plan):
             method = self.plan[self.state.completed - 1][0] if self.state.completed else "S-CNN"
             next_method, next_kind, _, next_epoch = self.plan[self.state.completed]
             if next_kind == "sgd" and next_epoch > 0 and next_method == method:
                 self.optimizer = self._new_optimizer(next_method)
-                opt = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+                opt = {k[len("optim.") :]: v for k, v in tensors.items() if k.startswith("optim.")}
                 self.optimizer.load_state_dict(unflatten_state_dict(opt, meta["optimizer"]))
         self.log.info("resumed after step %d of %d", self.state.completed, len(self.plan))
 
@@ -657,8 +724,13 @@ def evaluate_checkpoint(
     device = resolve_device(cfg.train.device)
     predictor.to(device)
     scores = extract_features(
-        predictor, dataset, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
-        device=device, amp=False, progress=True,
+        predictor,
+        dataset,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        amp=False,
+        progress=True,
     ).numpy()
     schema = AttributeSchema.from_dict(meta["schema"])
     metrics = attribute_metrics(scores, dataset.targets, dataset.mask, schema)

@@ -130,7 +130,10 @@ def format_layer_demo(r: LayerDemoResult) -> str:
         f"{100 * r.independent_accuracy.mean():>12.2f}%{100 * r.multitask_accuracy.mean():>11.2f}%"
     )
     active = r.group_support[r.group_support.any(axis=1)]
-    lines += ["", "Recovered sparsity of S: active latent tasks (rows) x groups ('#' = nonzero block)"]
+    lines += [
+        "",
+        "Recovered sparsity of S: active latent tasks (rows) x groups ('#' = nonzero block)",
+    ]
     lines.append("          " + " ".join(f"{n:>7}" for n in r.group_names))
     for k, row in enumerate(active):
         lines.append(f"task {k + 1:<4} " + " ".join(f"{'#' if a else '.':>7}" for a in row))

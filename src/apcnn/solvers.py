@@ -32,6 +32,7 @@ The proximal-gradient methods need a smooth loss: ``loss="hinge"`` is refused by
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -69,6 +70,30 @@ __all__ = [
 ]
 
 METHODS = ("fista", "spgd")
+
+#: Problems whose ``X`` has at most this many entries run on one CPU thread: their matrix
+#: products are microseconds long, and intra-op threading only adds synchronisation (which costs
+#: milliseconds per product on a loaded machine). The previous thread count is restored after.
+SMALL_PROBLEM = 200_000
+import os
+SHRINK = float(os.environ.get("APCNN_SHRINK", "1.0"))
+
+
+def _threads_by_size(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(X: Any, *args: Any, **kwargs: Any) -> Any:
+        n = X.numel() if isinstance(X, Tensor) else np.size(X)
+        on_cpu = not isinstance(X, Tensor) or X.device.type == "cpu"
+        old = torch.get_num_threads()
+        if n > SMALL_PROBLEM or old == 1 or not on_cpu:
+            return fn(X, *args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(X, *args, **kwargs)
+        finally:
+            torch.set_num_threads(old)
+
+    return wrapper
 
 
 @dataclass
@@ -430,10 +455,12 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
         return x, SolverInfo(0, True, F_start, gap, scale)
     patience = 30
     Lb = lip.clone()
+    lip_floor = lip * 1e-4
     t = torch.ones(pb.n_blocks, dtype=dtype, device=zx.device)
     y, zy, fy, gy = x, zx, fx, gx
     stall, converged, it = 0, False, 0
     for it in range(1, max_iter + 1):
+        Lb = torch.maximum(Lb * SHRINK, lip_floor)
         for _ in range(64):
             steps = [(1.0 / Lb)[bm] for bm in pb.block_map]
             xn = pb.prox([a - s * g for a, s, g in zip(y, steps, gy, strict=True)], Lb)
@@ -797,6 +824,7 @@ def _smat(ctx: _Ctx, S: Any, M: int) -> Tensor:
     return t
 
 
+@_threads_by_size
 def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu: float,
                     mask: Any = None, tol: float = 1e-8, max_iter: int = 5000, *,
                     S0: Any = None, method: str = "fista", overlapping: bool = False,
@@ -842,6 +870,7 @@ def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu:
     return out[0] if len(out) == 1 else out
 
 
+@_threads_by_size
 def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = None,
                tol: float = 1e-8, max_iter: int = 5000, *, L0: Any = None,
                loss: str = "squared_hinge", bias: Any = None, return_info: bool = False) -> Any:
@@ -871,6 +900,7 @@ def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = Non
     return out[0] if len(out) == 1 else out
 
 
+@_threads_by_size
 def fit_independent(X: Any, Y: Any, mask: Any = None, lam: float = 1.0, *, bias: bool = False,
                     loss: str = "squared_hinge", tol: float = 1e-6, max_iter: int = 2000) -> Any:
     """Single-task solutions ``w_m = argmin Σ_{i labelled} ℓ(y x_m(i)ᵀ w (+ b_m)) + λ‖w‖²``.
@@ -952,6 +982,7 @@ def _init_from_w(W: Tensor, K: int, seed: int, fill: str, scale: float | None, s
     return L.to(W.dtype).to(W.device), S.to(W.dtype).to(W.device)
 
 
+@_threads_by_size
 def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: float, gamma: float,
                     lam: float, K: int, mask: Any = None, W0: Any = None, L0: Any = None,
                     S0: Any = None, max_outer: int = 50, tol: float = 1e-5, method: str = "fista",

@@ -49,9 +49,10 @@ def _tails(model):
 
 @pytest.mark.parametrize("which", ["head", "last_block", "skip_block", "stride2_same_pad"])
 @pytest.mark.parametrize("train", [False, True])
-def test_batched_equals_unbatched_copies(lite0, which, train):
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_batched_equals_unbatched_copies(lite0, which, train, chunk_size):
     layers, c, h = _tails(lite0)[which]
-    tail = StackedTail(layers, M)
+    tail = StackedTail(layers, M, chunk_size=chunk_size)
     _perturb(tail)
     tail.train(train)
     x = torch.randn(4, c, h, h, generator=torch.Generator().manual_seed(1))
@@ -83,9 +84,10 @@ def test_all_copies_start_equal_to_the_original(lite0):
     assert all(p.data_ptr() != q.data_ptr() for p in tail.parameters() for q in ref.parameters())
 
 
-def test_gradients_reach_only_their_copy(lite0):
+@pytest.mark.parametrize("chunk_size", [None, 1, 2])
+def test_gradients_reach_only_their_copy(lite0, chunk_size):
     layers, c, h = _tails(lite0)["last_block"]
-    tail = StackedTail(layers, M).train()
+    tail = StackedTail(layers, M, chunk_size=chunk_size).train()
     x = torch.randn(4, c, h, h)
     tail(x)[:, 1].square().sum().backward()
     for mod in tail.modules():
@@ -99,9 +101,10 @@ def test_gradients_reach_only_their_copy(lite0):
                 assert grads[0] == 0 and grads[2] == 0
 
 
-def test_train_mode_bn_statistics_are_per_copy(lite0):
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_train_mode_bn_statistics_are_per_copy(lite0, chunk_size):
     layers, c, h = _tails(lite0)["last_block"]
-    tail = StackedTail(layers, M)
+    tail = StackedTail(layers, M, chunk_size=chunk_size)
     _perturb(tail)
     singles = [tail.unstacked(m).train() for m in range(M)]
     tail.train()
@@ -164,3 +167,36 @@ def test_unsupported_layers_raise():
         StackedTail([nn.ReLU()], 2)
     with pytest.raises(ValueError):
         StackedTail([nn.Conv2d(3, 4, 1)], 0)
+
+
+def test_chunking_does_not_change_results_or_counters(lite0):
+    layers, c, h = _tails(lite0)["last_block"]
+    ref = StackedTail(layers, 5, chunk_size=None)
+    _perturb(ref)
+    x = torch.randn(4, c, h, h)
+    init = copy.deepcopy(ref)
+    ref_out = ref.train()(x)
+    for chunk in (1, 2, 3, 5, 8):
+        tail = copy.deepcopy(init).train()
+        tail.chunk_size = chunk
+        torch.testing.assert_close(tail(x), ref_out, atol=1e-5, rtol=1e-5)
+        for (name, a), b in zip(tail.state_dict().items(), ref.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    counters = [b for n, b in ref.named_buffers() if n.endswith("num_batches_tracked")]
+    assert counters and all(int(b) == 1 for b in counters)
+
+
+def test_auto_chunk_size(lite0):
+    from apcnn.models import tails as tails_mod
+
+    layers, c, _ = _tails(lite0)["head"]
+    tail = StackedTail(layers, 23)
+    assert tail.chunk_size == "auto"
+    per_copy = 32 * 7 * 7 * 1280 * 4
+    x = torch.empty(32, c, 7, 7)
+    assert tail.copies_per_pass(x) == max(1, tails_mod.AUTO_CHUNK_BYTES // per_copy)
+    assert tail.copies_per_pass(torch.empty(1, c, 1, 1)) == 23
+    tail.chunk_size = None
+    assert tail.copies_per_pass(x) == 23
+    with pytest.raises(ValueError, match="chunk_size"):
+        tail.chunk_size = 0

@@ -88,6 +88,8 @@ class AttributeCNN(nn.Module):
         freeze_trunk: trunk kept in eval mode and run without gradients (its parameters get
             ``requires_grad=False``).
         info: the backbone's ``BackboneInfo`` (normalisation, weights hash), kept for callers.
+        chunk_size: attribute copies per batched pass of the tails (``StackedTail``): "auto"
+            (cache-sized blocks on the CPU, all at once elsewhere), None (all at once) or an int.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class AttributeCNN(nn.Module):
         tail: TailSpec = "head",
         freeze_trunk: bool = True,
         info: BackboneInfo | None = None,
+        chunk_size: int | str | None = "auto",
     ):
         super().__init__()
         if not isinstance(num_attributes, int) or num_attributes < 1:
@@ -107,7 +110,7 @@ class AttributeCNN(nn.Module):
         self.freeze_trunk = bool(freeze_trunk)
         self.info = info
         self.trunk, tail_layers = split_backbone(backbone, tail)
-        self.tails = StackedTail(tail_layers, num_attributes)
+        self.tails = StackedTail(tail_layers, num_attributes, chunk_size=chunk_size)
         self.feature_dim = self.tails.feature_dim
         if self.freeze_trunk:
             self.trunk.requires_grad_(False)
@@ -123,10 +126,18 @@ class AttributeCNN(nn.Module):
         tail: TailSpec = "head",
         freeze_trunk: bool = True,
         drop_path_rate: float = 0.0,
+        chunk_size: int | str | None = "auto",
     ) -> AttributeCNN:
         """Build from a timm name and local weights (see ``create_backbone``)."""
         model, info = create_backbone(backbone, weights=weights, drop_path_rate=drop_path_rate)
-        return cls(model, num_attributes, tail=tail, freeze_trunk=freeze_trunk, info=info)
+        return cls(
+            model,
+            num_attributes,
+            tail=tail,
+            freeze_trunk=freeze_trunk,
+            info=info,
+            chunk_size=chunk_size,
+        )
 
     def train(self, mode: bool = True) -> AttributeCNN:
         super().train(mode)

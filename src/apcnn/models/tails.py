@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,8 @@ class StackedConv2d(nn.Module):
             else None
         )
         self._template = [_meta_template(conv)]  # a list: not registered as a submodule
+        self._parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] | None = None
+        self._cur: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
         self.set_shared_input(shared_input)
 
     def set_shared_input(self, shared: bool) -> None:
@@ -85,11 +88,26 @@ class StackedConv2d(nn.Module):
             raise ValueError("shared_input=True needs a dense convolution (groups=1)")
         self.shared_input = bool(shared)
 
-    @property
-    def conv_groups(self) -> int:
-        return self.groups if self.shared_input else self.groups * self.num_copies
+    def split_copies(self, sizes: Sequence[int]) -> None:
+        """Prepare chunked execution: chunk j runs ``sizes[j]`` consecutive copies (one
+        autograd split per parameter, so gradients are gathered in one pass)."""
+        ws = self.weight.split([n * self.out_channels for n in sizes])
+        bs = (
+            self.bias.split([n * self.out_channels for n in sizes])
+            if self.bias is not None
+            else [None] * len(sizes)
+        )
+        self._parts = list(zip(sizes, ws, bs, strict=True))
+
+    def select_chunk(self, j: int | None) -> None:
+        """Run chunk j of the last ``split_copies`` (None: all copies, and drop the split)."""
+        if j is None:
+            self._parts, self._cur = None, None
+        else:
+            self._cur = self._parts[j]  # type: ignore[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        copies, weight, bias = self._cur or (self.num_copies, self.weight, self.bias)
         if self.same_pad:
             from timm.layers import pad_same
 
@@ -97,9 +115,8 @@ class StackedConv2d(nn.Module):
             padding: tuple[int, ...] | str = (0, 0)
         else:
             padding = self.padding
-        return F.conv2d(
-            x, self.weight, self.bias, self.stride, padding, self.dilation, self.conv_groups
-        )
+        groups = self.groups if self.shared_input else self.groups * copies
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
 
     def copy_slice(self, m: int) -> slice:
         return slice(m * self.out_channels, (m + 1) * self.out_channels)
@@ -158,22 +175,50 @@ class StackedBatchNorm2d(nn.Module):
         self.drop = copy.deepcopy(getattr(bn, "drop", nn.Identity()))
         self.act = copy.deepcopy(getattr(bn, "act", nn.Identity()))
         self._template = [_meta_template(bn)]
+        self._parts: list[tuple[Any, ...]] | None = None
+        self._cur: tuple[Any, ...] | None = None
+
+    def split_copies(self, sizes: Sequence[int]) -> None:
+        """Prepare chunked execution (see ``StackedConv2d.split_copies``); running statistics
+        are split into views, so chunk updates land in the full buffers."""
+        n = [k * self.num_features for k in sizes]
+
+        def split(t: torch.Tensor | None) -> Sequence[torch.Tensor | None]:
+            return [None] * len(sizes) if t is None else t.split(n)
+
+        tensors = [split(t) for t in (self.weight, self.bias, self.running_mean, self.running_var)]
+        self._parts = [(j == 0, *parts) for j, parts in enumerate(zip(*tensors, strict=True))]
+
+    def select_chunk(self, j: int | None) -> None:
+        """Run chunk j of the last ``split_copies`` (None: all copies, and drop the split)."""
+        if j is None:
+            self._parts, self._cur = None, None
+        else:
+            self._cur = self._parts[j]  # type: ignore[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, weight, bias, running_mean, running_var = self._cur or (
+            True,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+        )
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+            if first:  # once per forward, also when the copies run in chunks
+                self.num_batches_tracked.add_(1)
             factor = (
                 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             )
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        bn_training = self.training or (running_mean is None and running_var is None)
         use_buffers = not self.training or self.track_running_stats
         x = F.batch_norm(
             x,
-            self.running_mean if use_buffers else None,
-            self.running_var if use_buffers else None,
-            self.weight,
-            self.bias,
+            running_mean if use_buffers else None,
+            running_var if use_buffers else None,
+            weight,
+            bias,
             bn_training,
             factor,
             self.eps,
@@ -281,6 +326,11 @@ def _leading_dense_conv(layer: nn.Module) -> StackedConv2d | None:
     return None
 
 
+AUTO_CHUNK_BYTES = 16 * 2**20
+"""``chunk_size="auto"`` on the CPU: copies per pass so that one pass's widest activation stays
+around this size (cache-sized blocks; see ``StackedTail``)."""
+
+
 class StackedTail(nn.Module):
     """M attribute-specific copies of ``layers`` + global average pooling, batched.
 
@@ -292,15 +342,26 @@ class StackedTail(nn.Module):
         layers: the tail, in execution order (e.g. ``[*blocks[-n:], conv_head, bn2]``); copied,
             not modified.
         num_copies: M >= 1.
+        chunk_size: copies computed per pass. ``None``: all M in one pass (one grouped
+            convolution per layer). An int c: ceil(M / c) passes of c copies over the same
+            stacked parameters (the parameters are split once per forward, so the backward
+            gathers each gradient in one operation). ``"auto"`` (default): all M on accelerators;
+            on the CPU, c = AUTO_CHUNK_BYTES // (bytes of one copy's widest activation), at
+            least 1 — a pass over all copies at once streams activations M times larger than
+            the caches, which on CPUs costs more than the per-pass overhead it saves
+            (``benchmarks/bench_tails.py``). Results do not depend on ``chunk_size``.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], num_copies: int):
+    def __init__(
+        self, layers: Sequence[nn.Module], num_copies: int, *, chunk_size: int | str | None = "auto"
+    ):
         super().__init__()
         if num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
         if len(layers) == 0:
             raise ValueError("a tail needs at least one layer")
         self.num_copies = int(num_copies)
+        self.chunk_size = chunk_size
         self.layers = nn.Sequential(*[stack_module(layer, num_copies) for layer in layers])
         stacked = [mod for mod in self.layers.modules() if isinstance(mod, _STACKED)]
         if not stacked:
@@ -309,19 +370,62 @@ class StackedTail(nn.Module):
         self.feature_dim = (
             last.out_channels if isinstance(last, StackedConv2d) else last.num_features
         )
+        self._widest = max(
+            m.out_channels if isinstance(m, StackedConv2d) else m.num_features for m in stacked
+        )
         lead = _leading_dense_conv(self.layers[0])
         if lead is not None:
             lead.set_shared_input(True)
         self.expand_input = lead is None
 
+    @property
+    def chunk_size(self) -> int | str | None:
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int | str | None) -> None:
+        ok = value is None or value == "auto"
+        ok = ok or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        if not ok:
+            raise ValueError(f"chunk_size must be None, 'auto' or an int >= 1, got {value!r}")
+        self._chunk_size = value
+
+    def copies_per_pass(self, x: torch.Tensor) -> int:
+        """How many copies one pass computes for input ``x`` (see ``chunk_size``)."""
+        c = self.chunk_size
+        if c is None:
+            return self.num_copies
+        if c == "auto":
+            if x.device.type != "cpu":
+                return self.num_copies
+            b, _, h, w = x.shape
+            per_copy = max(1, b * h * w * self._widest * x.element_size())
+            return max(1, min(self.num_copies, AUTO_CHUNK_BYTES // per_copy))
+        return min(int(c), self.num_copies)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) shared features -> (B, M, D) attribute-specific pooled features."""
         if x.ndim != 4:
             raise ValueError(f"tail input must be (B, C, H, W), got shape {tuple(x.shape)}")
-        if self.expand_input:
-            x = x.repeat(1, self.num_copies, 1, 1)  # channel layout (M, C)
-        y = self.layers(x)
-        return y.mean((2, 3)).view(y.shape[0], self.num_copies, self.feature_dim)
+        M, c = self.num_copies, self.copies_per_pass(x)
+        if c >= M:
+            y = self.layers(x.repeat(1, M, 1, 1) if self.expand_input else x)
+            return y.mean((2, 3)).view(y.shape[0], M, self.feature_dim)
+        sizes = [min(c, M - start) for start in range(0, M, c)]
+        stacked = [mod for mod in self.layers.modules() if isinstance(mod, _STACKED)]
+        for mod in stacked:
+            mod.split_copies(sizes)
+        outs = []
+        try:
+            for j, n in enumerate(sizes):
+                for mod in stacked:
+                    mod.select_chunk(j)
+                y = self.layers(x.repeat(1, n, 1, 1) if self.expand_input else x)
+                outs.append(y.mean((2, 3)))  # channel layout (n, D)
+        finally:
+            for mod in stacked:
+                mod.select_chunk(None)
+        return torch.cat(outs, 1).view(x.shape[0], M, self.feature_dim)
 
     def unstacked(self, m: int) -> nn.Sequential:
         """Copy m as an independent module: (B, C, H, W) -> (B, D)."""
