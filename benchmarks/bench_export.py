@@ -7,6 +7,7 @@ of intra-op threads (torch's default = the CPU count) and produce the same two o
 probabilities). Variants, measured round-robin, best of R repeats of I batches each:
 
 - PyTorch eager, ``torch.inference_mode()``, float32 (what ``apcnn predict --checkpoint`` runs);
+- the same with a channels-last input (what ``apcnn.features.extract_features`` feeds);
 - onnxruntime CPUExecutionProvider on the exported graph (``apcnn predict --onnx``).
 
 Also reported: the export time and the max abs difference between the two runtimes' outputs.
@@ -39,10 +40,17 @@ def make_checkpoint(path: Path) -> Path:
     from apcnn.models.backbone import DEFAULT_BACKBONE, create_backbone
     from apcnn.predictor import build_predictor, save_predictor
 
-    schema = AttributeSchema(names=tuple(f"a{i}" for i in range(M)),
-                             groups=(("all", tuple(range(M))),))
-    meta = {"backbone": DEFAULT_BACKBONE, "weights": "imagenet", "tail": "head",
-            "freeze_trunk": True, "num_attributes": M, "rank": RANK}
+    schema = AttributeSchema(
+        names=tuple(f"a{i}" for i in range(M)), groups=(("all", tuple(range(M))),)
+    )
+    meta = {
+        "backbone": DEFAULT_BACKBONE,
+        "weights": "imagenet",
+        "tail": "head",
+        "freeze_trunk": True,
+        "num_attributes": M,
+        "rank": RANK,
+    }
     predictor = build_predictor(meta, pretrained=True)
     meta["feature_dim"] = predictor.cnn.feature_dim
     g = torch.Generator().manual_seed(0)
@@ -50,10 +58,14 @@ def make_checkpoint(path: Path) -> Path:
         for tensor in predictor.head.state_dict().values():
             tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.05)
     _, info = create_backbone(DEFAULT_BACKBONE, weights="none")
-    save_predictor(path, predictor, model_meta=meta, schema=schema,
-                   preprocessing={"image_size": SIZE, "mean": list(info.mean),
-                                  "std": list(info.std)},
-                   config=config_to_dict(TrainConfig()))
+    save_predictor(
+        path,
+        predictor,
+        model_meta=meta,
+        schema=schema,
+        preprocessing={"image_size": SIZE, "mean": list(info.mean), "std": list(info.std)},
+        config=config_to_dict(TrainConfig()),
+    )
     return path
 
 
@@ -87,6 +99,13 @@ def main() -> None:
                 s = predictor(x)
                 predictor.probabilities(s)
 
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+
+        def run_torch_cl() -> None:
+            with torch.inference_mode():
+                s = predictor(x_cl)
+                predictor.probabilities(s)
+
         def run_ort() -> None:
             run_onnx(session, xn)
 
@@ -96,7 +115,11 @@ def main() -> None:
         s_o, p_o = run_onnx(session, xn)
         err = max(float(np.abs(s_o - s_t.numpy()).max()), float(np.abs(p_o - p_t.numpy()).max()))
 
-        variants = {"PyTorch eager (inference_mode)": run_torch, "onnxruntime CPU": run_ort}
+        variants = {
+            "PyTorch eager (inference_mode)": run_torch,
+            "PyTorch eager, channels-last input": run_torch_cl,
+            "onnxruntime CPU": run_ort,
+        }
         best = {k: float("inf") for k in variants}
         for fn in variants.values():  # warm-up
             fn()
@@ -112,25 +135,27 @@ def main() -> None:
         for name, sec in best.items()
     ]
     load = os.getloadavg()[0]
-    body = "\n".join([
-        "## ONNX export (`benchmarks/bench_export.py`)",
-        "",
-        f"Whole predictor (tf_efficientnet_lite0 trunk + {M} attribute tails + W = L S, rank "
-        f"{RANK}, + calibration), {SIZE}x{SIZE} input, batch {BATCH}, float32, {threads} "
-        "intra-op threads for both runtimes. Baseline: PyTorch eager.",
-        "",
-        "| runtime | images/s | ms / image | vs PyTorch |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-        f"Export (`apcnn export`, TorchScript-based exporter, opset 17): {export_s:.1f} s, "
-        f"{size_mb:.1f} MiB. Max abs difference of scores/probabilities between the runtimes: "
-        f"{err:.1e}.",
-        "",
-        f"Best of {repeats} round-robin repeats of {iters} batches each; load average at the end "
-        f"{load:.1f} on {os.cpu_count()} cores (shared machine: absolute figures are noisy, the "
-        "ratio less so).",
-    ])
+    body = "\n".join(
+        [
+            "## ONNX export (`benchmarks/bench_export.py`)",
+            "",
+            f"Whole predictor (tf_efficientnet_lite0 trunk + {M} attribute tails + W = L S, rank "
+            f"{RANK}, + calibration), {SIZE}x{SIZE} input, batch {BATCH}, float32, {threads} "
+            "intra-op threads for both runtimes. Baseline: PyTorch eager.",
+            "",
+            "| runtime | images/s | ms / image | vs PyTorch |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            f"Export (`apcnn export`, TorchScript-based exporter, opset 17): {export_s:.1f} s, "
+            f"{size_mb:.1f} MiB. Max abs difference of scores/probabilities between the runtimes: "
+            f"{err:.1e}.",
+            "",
+            f"Best of {repeats} round-robin repeats of {iters} batches each; load average at "
+            f"the end {load:.1f} on {os.cpu_count()} cores (shared machine: absolute figures "
+            "are noisy, the ratio less so).",
+        ]
+    )
     print(body)
     write_section("export", body)
 

@@ -24,7 +24,7 @@ def planted(shared: bool = True, seed: int = 0, N: int = 120, M: int = 6, D: int
 def test_fit_predict_with_01_labels_and_missing():
     X, Y = planted()
     Y[np.random.default_rng(1).random(Y.shape) < 0.2] = np.nan
-    clf = MultiTaskAttributeClassifier(K=4, mu=0.5, gamma=0.01, lam=0.01, groups=GROUPS, tol=1e-4)
+    clf = MultiTaskAttributeClassifier(K=4, mu=0.5, gamma=0.05, lam=0.5, groups=GROUPS, tol=1e-4)
     assert clf.fit(X, Y) is clf
     D, M = X.shape[1], Y.shape[1]
     assert clf.L_.shape == (D, 4) and clf.S_.shape == (4, M) and clf.coef_.shape == (D, M)
@@ -32,7 +32,7 @@ def test_fit_predict_with_01_labels_and_missing():
     assert clf.intercept_.shape == (M,) and np.abs(clf.intercept_).sum() > 0
     assert clf.n_iter_ >= 1 and clf.n_features_in_ == D
     assert np.all(np.diff(clf.objective_history_) <= 0)
-    list(clf.classes_) == [0, 1]
+    assert list(clf.classes_) == [0, 1]
     pred = clf.predict(X)
     assert set(np.unique(pred)) <= {0, 1}
     known = ~np.isnan(Y)
@@ -41,7 +41,8 @@ def test_fit_predict_with_01_labels_and_missing():
     np.testing.assert_allclose(clf.decision_function(X), X @ clf.coef_ + clf.intercept_)
     # the fitted model is the solver's optimum of its objective with the same data
     Ypm = np.where(Y == 1, 1.0, -1.0)
-    f = sv.objective(X, Ypm, clf.L_, clf.S_, GROUPS, 0.5, 0.01, 0.01, known, bias=clf.intercept_)
+    assert clf.converged_
+    f = sv.objective(X, Ypm, clf.L_, clf.S_, GROUPS, 0.5, 0.05, 0.5, known, bias=clf.intercept_)
     assert f == pytest.approx(clf.objective_history_[-1], rel=1e-12)
 
 
@@ -49,7 +50,7 @@ def test_pm1_labels_attribute_specific_features_and_mask():
     X, Y01 = planted(shared=False, seed=2)
     Y = 2 * Y01 - 1
     mask = np.random.default_rng(3).random(Y.shape) > 0.1
-    clf = MultiTaskAttributeClassifier(K=3, mu=0.2, gamma=0.01, lam=0.01, bias=False, tol=1e-4)
+    clf = MultiTaskAttributeClassifier(K=3, mu=0.2, gamma=0.05, lam=0.5, bias=False, tol=1e-4)
     clf.fit(X, Y, mask=mask)
     assert list(clf.classes_) == [-1, 1]
     assert (clf.intercept_ == 0).all()

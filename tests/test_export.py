@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-REAL_CLOTHING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / (
-    "ClothingAttributeDataset"
+REAL_CLOTHING = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ClothingAttributeDataset"
 )
 TOL = 1e-4
 
@@ -27,8 +27,12 @@ def make_checkpoint(path: Path, schema, image_size: int, *, rank: int = 5, seed:
 
     m = schema.num_attributes
     model_meta = {
-        "backbone": DEFAULT_BACKBONE, "weights": "imagenet", "tail": "head",
-        "freeze_trunk": True, "num_attributes": m, "rank": rank,
+        "backbone": DEFAULT_BACKBONE,
+        "weights": "imagenet",
+        "tail": "head",
+        "freeze_trunk": True,
+        "num_attributes": m,
+        "rank": rank,
     }
     predictor = build_predictor(model_meta, pretrained=True)
     model_meta["feature_dim"] = predictor.cnn.feature_dim
@@ -40,9 +44,13 @@ def make_checkpoint(path: Path, schema, image_size: int, *, rank: int = 5, seed:
         predictor.calibration[1] = torch.randn(m, generator=g) * 0.3
     _, info = create_backbone(DEFAULT_BACKBONE, weights="none")
     save_predictor(
-        path, predictor, model_meta=model_meta, schema=schema,
+        path,
+        predictor,
+        model_meta=model_meta,
+        schema=schema,
         preprocessing={"image_size": image_size, "mean": list(info.mean), "std": list(info.std)},
-        config=config_to_dict(TrainConfig()), extra={"method": "MG-CNN"},
+        config=config_to_dict(TrainConfig()),
+        extra={"method": "MG-CNN"},
     )
     return path
 

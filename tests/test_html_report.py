@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-                 if Path(p).exists()), None)
+CHROMIUM = next(
+    (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
+)
 
 TINY = [
     "data.name=synthetic",
@@ -23,10 +24,10 @@ TINY = [
     "model.tail=head",
     "model.rank=8",
     "mtl.max_outer=3",
+    "mtl.max_iter=100",
     "train.batch_size=32",
-    "train.epochs_single=1",
-    "train.epochs_joint=1",
-    "train.rounds=1",
+    "train.epochs_single=2",
+    "train.rounds=0",
     "train.methods=[S-CNN, MG-CNN]",
     "train.device=cpu",
 ]
@@ -69,9 +70,18 @@ def test_report_is_self_contained_and_complete(report, run_dir):
     srcs = re.findall(r'<img src="([^"]+)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     # sections: results table, |S|, sharing, PR curves, training curves, config
-    for needle in ["<h2>Results</h2>", "<table>", "MG-CNN", "S-CNN", "|S| of MG-CNN",
-                   "attribute sharing of MG-CNN", "precision-recall curves of MG-CNN",
-                   "training curves", "Configuration", "per-attribute scores"]:
+    for needle in [
+        "<h2>Results</h2>",
+        "<table>",
+        "MG-CNN",
+        "S-CNN",
+        "|S| of MG-CNN",
+        "attribute sharing of MG-CNN",
+        "precision-recall curves of MG-CNN",
+        "training curves",
+        "Configuration",
+        "per-attribute scores",
+    ]:
         assert needle in text, needle
     assert "Skipped" not in text
     import base64
@@ -97,6 +107,26 @@ def test_cli_report_without_pr_curves(run_dir, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_rescored_test_split_reproduces_metrics_json(run_dir):
+    """The PR curves' scores are the ones training evaluated (same split, same numbers)."""
+    import json
+
+    from apcnn.html_report import load_run, test_split_scores
+    from apcnn.metrics import attribute_metrics
+
+    data = load_run(run_dir)
+    scores, targets, mask = test_split_scores(data["checkpoints"])
+    saved = json.loads((run_dir / "metrics.json").read_text())["methods"]
+    assert set(scores) == set(saved) == {"S-CNN", "MG-CNN"}
+    for method, s in scores.items():
+        total = attribute_metrics(s, targets, mask, data["schema"])["accuracy"]["total"]
+        assert total == pytest.approx(saved[method]["total"], abs=1e-6)
+    # W = L S from the checkpoint tensors, S of MG-CNN has the configured rank
+    assert data["S"]["MG-CNN"].shape == (8, 13)
+    assert data["W"]["MG-CNN"].shape == (data["L"]["MG-CNN"].shape[0], 13)
+
+
 def test_report_errors_on_unfinished_run(tmp_path):
     from apcnn.html_report import write_html_report
 
@@ -113,18 +143,35 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-        "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
-        f"--screenshot={shot}", "--window-size=1280,2400", report.resolve().as_uri(),
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        report.resolve().as_uri(),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     log = proc.stdout + proc.stderr
     assert shot.is_file(), log[-2000:]
-    console = [ln for ln in log.splitlines()
-               if "Uncaught" in ln or ("CONSOLE" in ln and "error" in ln.lower())
-               or "Failed to load resource" in ln or "net::ERR_" in ln]
+    console = [
+        ln
+        for ln in log.splitlines()
+        if "Uncaught" in ln
+        or ("CONSOLE" in ln and "error" in ln.lower())
+        or "Failed to load resource" in ln
+        or "net::ERR_" in ln
+    ]
     assert not console, "\n".join(console)
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
     assert img.shape[:2] == (2400, 1280)

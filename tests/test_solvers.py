@@ -212,8 +212,11 @@ def test_alternating_monotone_and_stationary(shared, bias):
     assert h[-3] - h[-1] <= 1e-3 * h[-1] < h[-5] - h[-3]  # the stopping rule fired just then
     assert (res.bias is not None) == bias
     assert sv.objective(X, Y, res.L, res.S, GROUPS, mu, gamma, lam, mask, bias=res.bias) == h[-1]
-    # the last half-step is (b): L is optimal for the final S
-    assert sv.optimality_gap_L(X, Y, res.L, res.S, gamma, lam, mask, bias=res.bias) <= 1e-5
+    # the last half-step is (b): L is optimal for the final S to the sub-solver's tolerance
+    # (relative 0.1 × the last outer decrease, ≤ 1e-4 here)
+    gap = sv.optimality_gap_L(X, Y, res.L, res.S, gamma, lam, mask, bias=res.bias)
+    assert gap == pytest.approx(res.infos[-1].gap, rel=1e-6)
+    assert gap <= 1e-4 * res.infos[-1].scale
 
 
 def test_alternating_spgd_overlapping_and_random_start_monotone():

@@ -84,6 +84,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce_clothing
+
+    reproduce_clothing(args.root, folds=args.folds, out=args.out, quick=args.quick)
+    return 0
+
+
 def cmd_data_verify(args: argparse.Namespace) -> int:
     from .data.verify import verify_dataset
 
@@ -105,6 +112,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
         json_path=args.json,
         method=args.method,
         iap_posteriors=args.iap_posteriors,
+        probabilities=args.probabilities,
     )
     print(format_zeroshot(result))
     return 0
@@ -183,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("reproduce", help="reproduce the paper's Table III")
+    p.add_argument("benchmark", choices=["clothing"], help="which table to reproduce")
+    p.add_argument("--root", required=True, help="ClothingAttributeDataset folder")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", default="runs/reproduce-clothing")
+    p.add_argument("--quick", action="store_true", help="one fold, reduced schedule")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     v = data_sub.add_parser("verify", help="check a dataset's layout and summarise its labels")
@@ -207,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dap", "logistic"],
         default="dap",
         help="IAP seen-class posteriors: DAP over seen classes or a logistic layer on scores",
+    )
+    p.add_argument(
+        "--probabilities",
+        choices=["calibrated", "sigmoid"],
+        default="calibrated",
+        help="attribute probabilities: Platt-calibrated (default) or sigmoid of the raw score",
     )
     p.set_defaults(func=cmd_zeroshot)
 

@@ -159,8 +159,8 @@ class Trainer:
     def __init__(self, cfg: Any, run: Any, *, resume: bool = False) -> None:
         from .config import config_to_dict
         from .data.transforms import build_transform
-        from .models.attribute_cnn import AttributeCNN
         from .models.backbone import create_backbone
+        from .models.fc_tail import build_attribute_cnn
         from .models.latent import LatentTaskLayer
         from .predictor import AttributePredictor
 
@@ -177,7 +177,7 @@ class Trainer:
         self.datasets = build_datasets(cfg, self.transform)
         self.schema: AttributeSchema = self.datasets["train"][0].schema
         m = self.schema.num_attributes
-        cnn = AttributeCNN(
+        cnn = build_attribute_cnn(
             backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
         )
         if not cfg.model.freeze_trunk:

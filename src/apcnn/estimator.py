@@ -41,7 +41,7 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
         K: number of latent tasks (columns of ``L``).
         mu: group penalty ``μ`` on ``S``.
         gamma: ℓ1 penalty ``γ`` on ``L``.
-        lam: Frobenius penalty ``λ`` on ``L``.
+        lam: Frobenius penalty ``λ`` on ``L`` (0.5 ≈ the ridge of a linear SVM with ``C = 1``).
         groups: list of lists of attribute indices (a partition of ``range(M)``); None = one group
             with every attribute.
         loss: ``"squared_hinge"`` (the paper) or ``"logistic"``.
@@ -59,7 +59,7 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
     ``n_attributes_`` (``M``), ``converged_``.
     """
 
-    def __init__(self, K: int = 32, mu: float = 1.0, gamma: float = 1e-3, lam: float = 1e-2,
+    def __init__(self, K: int = 32, mu: float = 1.0, gamma: float = 1e-2, lam: float = 0.5,
                  groups: Sequence[Sequence[int]] | None = None, loss: str = "squared_hinge",
                  bias: bool = True, method: str = "fista", overlapping: bool = False,
                  max_outer: int = 50, tol: float = 1e-5, max_iter: int = 2000,

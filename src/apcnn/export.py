@@ -132,8 +132,7 @@ def export_onnx(
         "schema": meta["schema"],
         "preprocessing": meta["preprocessing"],
         "inputs": {INPUT_NAME: ["batch", 3, size, size]},
-        "outputs": {name: ["batch", int(meta["model"]["num_attributes"])]
-                    for name in OUTPUT_NAMES},
+        "outputs": {name: ["batch", int(meta["model"]["num_attributes"])] for name in OUTPUT_NAMES},
         "opset": int(opset),
         "sha256": _sha256(out),
     }
@@ -141,8 +140,9 @@ def export_onnx(
     return out
 
 
-def _export(module: nn.Module, example: torch.Tensor, out: Path, opset: int,
-            exporter: str = "auto") -> None:
+def _export(
+    module: nn.Module, example: torch.Tensor, out: Path, opset: int, exporter: str = "auto"
+) -> None:
     """torch.onnx.export with a dynamic batch axis.
 
     ``exporter``: ``"torchscript"`` (torch's TorchScript-based exporter: ~1 s for lite0, honours
@@ -162,18 +162,31 @@ def _export(module: nn.Module, example: torch.Tensor, out: Path, opset: int,
                 if kind == "torchscript":
                     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
                     torch.onnx.export(
-                        module, (example,), str(out), dynamo=False, opset_version=opset,
-                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                        dynamic_axes=axes, do_constant_folding=True,
+                        module,
+                        (example,),
+                        str(out),
+                        dynamo=False,
+                        opset_version=opset,
+                        input_names=[INPUT_NAME],
+                        output_names=list(OUTPUT_NAMES),
+                        dynamic_axes=axes,
+                        do_constant_folding=True,
                     )
                 else:
                     _require("onnxscript", "the dynamo ONNX exporter")
                     batch = torch.export.Dim("batch", min=1, max=4096)
                     torch.onnx.export(
-                        module, (example,), str(out), dynamo=True, opset_version=opset,
-                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                        dynamic_shapes={INPUT_NAME: {0: batch}}, external_data=False,
-                        optimize=True, verbose=False,
+                        module,
+                        (example,),
+                        str(out),
+                        dynamo=True,
+                        opset_version=opset,
+                        input_names=[INPUT_NAME],
+                        output_names=list(OUTPUT_NAMES),
+                        dynamic_shapes={INPUT_NAME: {0: batch}},
+                        external_data=False,
+                        optimize=True,
+                        verbose=False,
                     )
             return
         except Exception as e:  # noqa: BLE001 - try the next exporter, report all failures
@@ -212,7 +225,8 @@ def onnx_session(onnx_path: str | Path, *, threads: int | None = None) -> Any:
 def run_onnx(session_or_path: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run an exported predictor: images (B, 3, S, S) float32 -> (scores (B, M), probs (B, M))."""
     session = (
-        onnx_session(session_or_path) if isinstance(session_or_path, (str, Path))
+        onnx_session(session_or_path)
+        if isinstance(session_or_path, (str, Path))
         else session_or_path
     )
     x = np.ascontiguousarray(images, dtype=np.float32)
@@ -240,6 +254,8 @@ def predict_onnx(
     from .data.transforms import build_transform
     from .predictor import decisions_from_scores
 
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"ONNX file {onnx_path} not found; create it with 'apcnn export'")
     meta = load_onnx_meta(onnx_path) if meta is None else meta
     for key in ("schema", "preprocessing"):
         if key not in meta:
@@ -252,7 +268,7 @@ def predict_onnx(
     scores, probs = [], []
     paths = [str(p) for p in images]
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         batch = torch.stack([transform(open_rgb(p)) for p in chunk]).numpy()
         s, p = run_onnx(session, batch)
         scores.append(s)

@@ -174,7 +174,8 @@ def test_split_scores(
     datasets = build_datasets(cfg, transform)
     if split not in datasets:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
-    dataset = datasets[split]
+    entry = datasets[split]  # (source dataset, indices into it)
+    dataset = entry[0].subset(entry[1]) if isinstance(entry, tuple) else entry
     bs = batch_size or cfg.train.batch_size
     dev = torch.device(device)
 
@@ -191,8 +192,14 @@ def test_split_scores(
     trunk = None
     if shared:
         first_pred.to(dev)
-        trunk = extract_features(first_pred.cnn.forward_trunk, dataset, batch_size=bs,
-                                 num_workers=cfg.data.num_workers, device=dev, desc="trunk")
+        trunk = extract_features(
+            first_pred.cnn.forward_trunk,
+            dataset,
+            batch_size=bs,
+            num_workers=cfg.data.num_workers,
+            device=dev,
+            desc="trunk",
+        )
     for method, (pred, _) in loaded.items():
         pred.to(dev).eval()
         if trunk is not None:
@@ -200,9 +207,9 @@ def test_split_scores(
                 out = [pred.forward_from_trunk(c.to(dev)).float().cpu() for c in trunk.split(bs)]
             scores[method] = torch.cat(out).numpy()
         else:
-            scores[method] = extract_features(pred, dataset, batch_size=bs,
-                                              num_workers=cfg.data.num_workers,
-                                              device=dev).numpy()
+            scores[method] = extract_features(
+                pred, dataset, batch_size=bs, num_workers=cfg.data.num_workers, device=dev
+            ).numpy()
     return scores, np.asarray(dataset.targets), np.asarray(dataset.mask, dtype=bool)
 
 
@@ -232,9 +239,11 @@ def _training_curves(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     solve = [r for r in rows if r.get("phase") == "solve"]
     if not sgd and not solve:
         return None
-    panels = [("loss", "SGD loss (squared hinge)", sgd), ("val_accuracy", "validation accuracy",
-                                                             sgd),
-              ("objective", "solver objective (eq. 2)", solve)]
+    panels = [
+        ("loss", "SGD loss (squared hinge)", sgd),
+        ("val_accuracy", "validation accuracy", sgd),
+        ("objective", "solver objective (eq. 2)", solve),
+    ]
     panels = [p for p in panels if any(r.get(p[0]) is not None for r in p[2])]
     fig = _figure(4.2 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -242,8 +251,9 @@ def _training_curves(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
     for ax, (key, label, data) in zip(axes, panels, strict=True):
         for m in methods:
-            pts = [(r["step"], r[key]) for r in data
-                   if r.get("method") == m and r.get(key) is not None]
+            pts = [
+                (r["step"], r[key]) for r in data if r.get("method") == m and r.get(key) is not None
+            ]
             if pts:
                 x, y = zip(*pts, strict=True)
                 ax.plot(x, y, marker="o", ms=3, color=colours[m], label=m)
@@ -257,8 +267,9 @@ def _training_curves(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-def _pr_curves(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, schema: Any,
-               method: str) -> bytes:
+def _pr_curves(
+    scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, schema: Any, method: str
+) -> bytes:
     """One panel per group: precision-recall curve of each attribute (AP in the legend)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -276,8 +287,13 @@ def _pr_curves(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, schema
                 continue
             prec, rec, _ = precision_recall_curve(y, scores[sel, j])
             ap = average_precision_score(y, scores[sel, j])
-            ax.plot(rec, prec, lw=1.2, color=f"C{k % 10}",
-                    label=None if many else f"{schema.names[j]} (AP {ap:.2f})")
+            ax.plot(
+                rec,
+                prec,
+                lw=1.2,
+                color=f"C{k % 10}",
+                label=None if many else f"{schema.names[j]} (AP {ap:.2f})",
+            )
         ax.set_title(f"{method}: {g}", fontsize=10)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
@@ -286,7 +302,7 @@ def _pr_curves(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, schema
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="lower left")
-    for ax in axes[len(groups):]:
+    for ax in axes[len(groups) :]:
         ax.set_visible(False)
     return _png(fig)
 
@@ -308,8 +324,9 @@ def _img(png: bytes, alt: str, caption: str | None = None) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{cap}</figure>'
 
 
-def _results_table(methods: Mapping[str, Any], paper: Mapping[str, Any] | None,
-                   key: str | None = None) -> str:
+def _results_table(
+    methods: Mapping[str, Any], paper: Mapping[str, Any] | None, key: str | None = None
+) -> str:
     blocks = {}
     for name, block in methods.items():
         b = block.get(key) if key else block
@@ -350,8 +367,7 @@ def _per_attribute_table(methods: Mapping[str, Any], schema: Any) -> str:
     names = [n for n, b in methods.items() if isinstance(b.get("per_attribute"), Mapping)]
     if not names:
         return ""
-    ap = {n: (methods[n].get("average_precision") or {}).get("per_attribute") or {}
-          for n in names}
+    ap = {n: (methods[n].get("average_precision") or {}).get("per_attribute") or {} for n in names}
     head = "".join(f"<th>{_esc(n)} acc</th><th>{_esc(n)} AP</th>" for n in names)
     out = [f"<table><thead><tr><th>attribute</th><th>group</th>{head}</tr></thead><tbody>"]
     for _g, idx in schema.groups:
@@ -400,9 +416,14 @@ def write_html_report(
     history = data["histories"].get(last) if last else None
 
     if markdown:
-        write_report(run, results, schema=schema,
-                     S=data["S"][last] if last else None, W=data["W"][last] if last else None,
-                     history=history or None)
+        write_report(
+            run,
+            results,
+            schema=schema,
+            S=data["S"][last] if last else None,
+            W=data["W"][last] if last else None,
+            history=history or None,
+        )
 
     title = title or f"apcnn report: {run.resolve().name}"
     parts = [
@@ -416,32 +437,46 @@ def write_html_report(
     info = ", ".join(f"{_esc(k)}: {_esc(v)}" for k, v in proto.items())
     if "seconds" in results:
         info += f"{', ' if info else ''}wall time: {float(results['seconds']):.1f} s"
-    parts.append(f'<p class="meta">{info}{"; " if info else ""}apcnn {_esc(__version__)}; '
-                 f"{schema.num_attributes} attributes in {len(schema.groups)} groups</p>")
+    parts.append(
+        f'<p class="meta">{info}{"; " if info else ""}apcnn {_esc(__version__)}; '
+        f"{schema.num_attributes} attributes in {len(schema.groups)} groups</p>"
+    )
 
     # ---------------------------------------------------------------- results
     parts.append("<h2>Results</h2>")
     metric = headline or "score"
     parts.append(f"<h3>{_esc(metric)} (%)</h3>" + _results_table(methods, paper))
     if paper:
-        parts.append('<p class="paper">Paper numbers in parentheses: Abdulnabi et al. 2015, '
-                     "Table III (Clothing Attribute Dataset).</p>")
-    for key, label in (("balanced_accuracy", "Balanced accuracy (%)"),
-                       ("average_precision", "Average precision (%)")):
+        parts.append(
+            '<p class="paper">Paper numbers in parentheses: Abdulnabi et al. 2015, '
+            "Table III (Clothing Attribute Dataset).</p>"
+        )
+    for key, label in (
+        ("balanced_accuracy", "Balanced accuracy (%)"),
+        ("average_precision", "Average precision (%)"),
+    ):
         table = _results_table(methods, None, key)
         if table:
             parts.append(f"<h3>{_esc(label)}</h3>{table}")
-    mc = [(n, b["multiclass"]) for n, b in methods.items()
-          if isinstance(b, Mapping) and b.get("multiclass")]
+    mc = [
+        (n, b["multiclass"])
+        for n, b in methods.items()
+        if isinstance(b, Mapping) and b.get("multiclass")
+    ]
     if mc:
         attrs = list(mc[0][1])
         head = "".join(f"<th>{_esc(a)}</th>" for a in attrs)
         body = "".join(
-            f"<tr><td>{_esc(n)}</td>" + "".join(f"<td>{_pct(v.get(a))}</td>" for a in attrs)
-            + "</tr>" for n, v in mc)
-        parts.append("<h3>Multi-class accuracy (%)</h3>"
-                     f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{body}"
-                     "</tbody></table>")
+            f"<tr><td>{_esc(n)}</td>"
+            + "".join(f"<td>{_pct(v.get(a))}</td>" for a in attrs)
+            + "</tr>"
+            for n, v in mc
+        )
+        parts.append(
+            "<h3>Multi-class accuracy (%)</h3>"
+            f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{body}"
+            "</tbody></table>"
+        )
 
     # ---------------------------------------------------------------- per attribute
     per_png = run / "per_attribute.png"
@@ -455,16 +490,27 @@ def write_html_report(
     # ---------------------------------------------------------------- S and W
     if data["S"]:
         parts.append("<h2>Multi-task layer</h2>")
-        parts.append("<p>|S| (latent tasks × attributes, columns ordered by group) and the "
-                     "attribute-sharing matrix: cosine similarity of the columns of W = L S.</p>")
+        parts.append(
+            "<p>|S| (latent tasks × attributes, columns ordered by group) and the "
+            "attribute-sharing matrix: cosine similarity of the columns of W = L S.</p>"
+        )
         for method in data["S"]:
             parts.append(f"<h3>{_esc(method)}</h3>")
-            parts.append(_img(_plot_to_png(_plot_S, data["S"][method], schema),
-                              f"|S| of {method}", f"{method}: |S|, shape "
-                              f"{data['S'][method].shape[0]} × {data['S'][method].shape[1]}"))
-            parts.append(_img(_plot_to_png(_plot_sharing, data["W"][method], schema),
-                              f"attribute sharing of {method}",
-                              f"{method}: cos(w_a, w_b) of W's columns"))
+            parts.append(
+                _img(
+                    _plot_to_png(_plot_S, data["S"][method], schema),
+                    f"|S| of {method}",
+                    f"{method}: |S|, shape "
+                    f"{data['S'][method].shape[0]} × {data['S'][method].shape[1]}",
+                )
+            )
+            parts.append(
+                _img(
+                    _plot_to_png(_plot_sharing, data["W"][method], schema),
+                    f"attribute sharing of {method}",
+                    f"{method}: cos(w_a, w_b) of W's columns",
+                )
+            )
 
     # ---------------------------------------------------------------- PR curves
     parts.append("<h2>Precision–recall curves</h2>")
@@ -474,31 +520,45 @@ def write_html_report(
         parts.append('<p class="note">Skipped: the run has no predictor checkpoints.</p>')
     else:
         try:
-            scores, targets, mask = test_split_scores(data["checkpoints"], split=split,
-                                                      root=root, device=device)
+            scores, targets, mask = test_split_scores(
+                data["checkpoints"], split=split, root=root, device=device
+            )
         except Exception as e:  # noqa: BLE001 - the report still has everything else
             log.warning("precision-recall curves skipped: %s", e)
-            parts.append(f'<p class="note">Skipped: could not score the {_esc(split)} split '
-                         f"({_esc(type(e).__name__)}: {_esc(e)}).</p>")
+            parts.append(
+                f'<p class="note">Skipped: could not score the {_esc(split)} split '
+                f"({_esc(type(e).__name__)}: {_esc(e)}).</p>"
+            )
         else:
-            parts.append(f"<p>On the {_esc(split)} split ({targets.shape[0]} images), raw "
-                         "scores; missing labels excluded.</p>")
+            parts.append(
+                f"<p>On the {_esc(split)} split ({targets.shape[0]} images), raw "
+                "scores; missing labels excluded.</p>"
+            )
             for method, s in scores.items():
-                parts.append(_img(_pr_curves(s, targets, mask, schema, method),
-                                  f"precision-recall curves of {method}",
-                                  f"{method}: precision–recall per attribute, one panel per "
-                                  "group"))
+                parts.append(
+                    _img(
+                        _pr_curves(s, targets, mask, schema, method),
+                        f"precision-recall curves of {method}",
+                        f"{method}: precision–recall per attribute, one panel per group",
+                    )
+                )
 
     # ---------------------------------------------------------------- training curves
     parts.append("<h2>Training</h2>")
     curves = _training_curves(data["rows"])
     if curves:
-        parts.append(_img(curves, "training curves", "From metrics.jsonl: per SGD epoch and "
-                                                     "per solver call"))
+        parts.append(
+            _img(curves, "training curves", "From metrics.jsonl: per SGD epoch and per solver call")
+        )
     obj_png = run / "objective.png"
     if markdown and history and obj_png.is_file():
-        parts.append(_img(obj_png.read_bytes(), "solver objective history",
-                          f"{last}: objective of eq. 2 over the solver's outer iterations"))
+        parts.append(
+            _img(
+                obj_png.read_bytes(),
+                "solver objective history",
+                f"{last}: objective of eq. 2 over the solver's outer iterations",
+            )
+        )
     if not curves and not history:
         parts.append('<p class="note">No training log (metrics.jsonl) in the run folder.</p>')
 

@@ -48,14 +48,14 @@ class AttributePredictor(nn.Module):
 
 def build_predictor(model_meta: dict[str, Any], *, pretrained: bool) -> AttributePredictor:
     """Build the architecture described by ``model_meta`` (weights from ImageNet or none)."""
-    from .models.attribute_cnn import AttributeCNN
     from .models.backbone import create_backbone
+    from .models.fc_tail import build_attribute_cnn
     from .models.latent import LatentTaskLayer
 
     backbone, _ = create_backbone(
         model_meta["backbone"], weights=model_meta["weights"] if pretrained else "none"
     )
-    cnn = AttributeCNN(
+    cnn = build_attribute_cnn(
         backbone,
         num_attributes=model_meta["num_attributes"],
         tail=model_meta["tail"],

@@ -165,13 +165,20 @@ def reproduce_clothing(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the protocol and write ``OUT/results.json`` and ``OUT/report.md``."""
-    from .data import create_dataset
+    from .data import DatasetError, create_dataset
     from .metrics import method_block
     from .reports import PAPER_TABLE_III, format_table, write_report
     from .runlog import atomic_write_json
 
     out = Path(out)
-    create_dataset("clothing", root=root, split="all")  # one clear error for a bad folder
+    try:
+        create_dataset("clothing", root=root, split="all")
+    except DatasetError as err:
+        raise DatasetError(
+            f"{err} -- the Clothing Attribute Dataset (Chen, Gallagher, Girod, ECCV 2012) is "
+            "distributed by its authors; --root must be the folder that holds images/000001.jpg.. "
+            "and labels/<attribute>_GT.mat (check it with `apcnn data verify clothing --root DIR`)"
+        ) from None
     start = time.time()
     fold_ids = [0] if quick else list(range(folds))
     records = []

@@ -139,8 +139,9 @@ def dap_scores(
     return s - _logsumexp(s, axis=1)
 
 
-def iap_attribute_probabilities(seen_posteriors: Any, seen_class_attributes: Any,
-                                *, threshold: float = 0.5) -> np.ndarray:
+def iap_attribute_probabilities(
+    seen_posteriors: Any, seen_class_attributes: Any, *, threshold: float = 0.5
+) -> np.ndarray:
     """IAP attribute probabilities (N, M): p(a_m = 1 | x) = Σ_k p(y_k | x) a^{y_k}_m.
 
     Args:
@@ -174,10 +175,10 @@ def iap_scores(
     ``class_attributes`` (C, M).
     """
     if seen_posteriors is None:
-        seen_posteriors = np.exp(dap_scores(attr_probs, seen_class_attributes, priors,
-                                            threshold=threshold))
-    probs = iap_attribute_probabilities(seen_posteriors, seen_class_attributes,
-                                        threshold=threshold)
+        seen_posteriors = np.exp(
+            dap_scores(attr_probs, seen_class_attributes, priors, threshold=threshold)
+        )
+    probs = iap_attribute_probabilities(seen_posteriors, seen_class_attributes, threshold=threshold)
     return dap_scores(probs, class_attributes, priors, threshold=threshold)
 
 
@@ -215,9 +216,7 @@ def zero_shot_evaluate(
     conf = np.zeros((c, c), dtype=np.int64)
     np.add.at(conf, (y, pred), 1)
     counts = conf.sum(axis=1)
-    per_class = {
-        names[k]: (float(conf[k, k] / counts[k]) if counts[k] else None) for k in range(c)
-    }
+    per_class = {names[k]: (float(conf[k, k] / counts[k]) if counts[k] else None) for k in range(c)}
     present = counts > 0
     recall = np.diag(conf)[present] / counts[present]
     return {
@@ -245,6 +244,7 @@ def zeroshot_from_checkpoint(
     json_path: str | Path | None = None,
     method: str = "dap",
     iap_posteriors: str = "dap",
+    probabilities: str = "calibrated",
     prior_eps: float = 0.05,
     threshold: float = 0.5,
     batch_size: int | None = None,
@@ -259,7 +259,16 @@ def zeroshot_from_checkpoint(
     same 200 classes as training, so there the result is attribute-based classification of seen
     classes, flagged ``"zero_shot": False``).
 
-    Returns :func:`zero_shot_evaluate`'s dict plus ``method``, ``dataset``, ``split``,
+    ``probabilities``: the attribute probabilities p(a_m = 1 | x) fed to DAP/IAP:
+    ``"calibrated"`` (default): the predictor's Platt calibration, σ(α_m f_m + β_m), fitted on
+    the *seen*-class validation split; ``"sigmoid"``: σ(f_m) of the raw score (for the squared
+    hinge, f = ±1 at the margin), uncalibrated but softer. Platt slopes fitted where attributes
+    are predicted well are over-confident on unseen classes, where attribute accuracy drops, and
+    DAP multiplies M such factors; which input works better is an empirical question per dataset
+    (see tests/test_zeroshot.py for measurements on the synthetic dataset).
+
+    Returns :func:`zero_shot_evaluate`'s dict plus ``method``, ``probabilities``, ``dataset``,
+    ``split``,
     ``checkpoint``, ``zero_shot`` (candidate classes disjoint from the training classes),
     ``train_classes`` and ``priors``; written to ``json_path`` as JSON when given.
     """
@@ -277,6 +286,8 @@ def zeroshot_from_checkpoint(
         raise ValueError(f"method must be 'dap' or 'iap', got {method!r}")
     if iap_posteriors not in ("dap", "logistic"):
         raise ValueError(f"iap_posteriors must be 'dap' or 'logistic', got {iap_posteriors!r}")
+    if probabilities not in ("calibrated", "sigmoid"):
+        raise ValueError(f"probabilities must be 'calibrated' or 'sigmoid', got {probabilities!r}")
     predictor, meta = load_predictor(checkpoint)
     schema = AttributeSchema.from_dict(meta["schema"])
     if schema.class_attributes is None:
@@ -288,7 +299,7 @@ def zeroshot_from_checkpoint(
     if root is not None:
         cfg.data.root = root
     d = cfg.data
-    splits = available_splits(d.name)
+    splits = available_splits(d.name, d.root)
     if split is None:
         split = "unseen" if "unseen" in splits else "test"
     if split not in splits:
@@ -315,11 +326,20 @@ def zeroshot_from_checkpoint(
     dev = resolve_device(device or cfg.train.device)
     predictor.to(dev)
     scores = extract_features(
-        predictor, dataset, batch_size=batch_size or cfg.train.batch_size,
-        num_workers=d.num_workers, device=dev, amp=False, progress=False, desc="zero-shot",
+        predictor,
+        dataset,
+        batch_size=batch_size or cfg.train.batch_size,
+        num_workers=d.num_workers,
+        device=dev,
+        amp=False,
+        progress=False,
+        desc="zero-shot",
     )
-    with torch.inference_mode():
-        probs = predictor.probabilities(scores.to(dev)).float().cpu().numpy()
+    if probabilities == "calibrated":
+        with torch.inference_mode():
+            probs = predictor.probabilities(scores.to(dev)).float().cpu().numpy()
+    else:
+        probs = torch.sigmoid(scores).numpy()
 
     cand_attr = A[candidates]
     if method == "dap":
@@ -328,16 +348,28 @@ def zeroshot_from_checkpoint(
         seen_post = None
         if iap_posteriors == "logistic":
             seen_post = _logistic_seen_posteriors(
-                predictor, train_ds, scores.numpy(), train_classes, dev,
-                batch_size or cfg.train.batch_size, d.num_workers,
+                predictor,
+                train_ds,
+                scores.numpy(),
+                train_classes,
+                dev,
+                batch_size or cfg.train.batch_size,
+                d.num_workers,
             )
-        log_post = iap_scores(probs, cand_attr, A[train_classes], priors,
-                              seen_posteriors=seen_post, threshold=threshold)
+        log_post = iap_scores(
+            probs,
+            cand_attr,
+            A[train_classes],
+            priors,
+            seen_posteriors=seen_post,
+            threshold=threshold,
+        )
     where = {c: k for k, c in enumerate(candidates)}
     true = np.asarray([where[int(c)] for c in dataset.class_ids], dtype=np.int64)
     result = zero_shot_evaluate(log_post, true, [names[c] for c in candidates])
     result.update(
         method=method if method == "dap" else f"iap ({iap_posteriors} seen-class posteriors)",
+        probabilities=probabilities,
         dataset=d.name,
         split=split,
         checkpoint=str(checkpoint),
@@ -346,24 +378,29 @@ def zeroshot_from_checkpoint(
         priors=priors.tolist(),
     )
     if not result["zero_shot"]:
-        log.warning("split %r shares classes with the training split: this is attribute-based "
-                    "classification, not zero-shot transfer", split)
+        log.warning(
+            "split %r shares classes with the training split: this is attribute-based "
+            "classification, not zero-shot transfer",
+            split,
+        )
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))
     return result
 
 
-def _logistic_seen_posteriors(predictor, train_ds, eval_scores, train_classes, device,
-                              batch_size, num_workers) -> np.ndarray:
+def _logistic_seen_posteriors(
+    predictor, train_ds, eval_scores, train_classes, device, batch_size, num_workers
+) -> np.ndarray:
     """(N, K) p(y_k | x) from a multinomial logistic regression on the M attribute scores,
     fitted on the training split (an attribute→class layer over the K seen classes)."""
     from sklearn.linear_model import LogisticRegression
 
     from .features import extract_features
 
-    train_scores = extract_features(predictor, train_ds, batch_size=batch_size,
-                                    num_workers=num_workers, device=device).numpy()
+    train_scores = extract_features(
+        predictor, train_ds, batch_size=batch_size, num_workers=num_workers, device=device
+    ).numpy()
     where = {c: k for k, c in enumerate(train_classes)}
     y = np.asarray([where[int(c)] for c in train_ds.class_ids])
     clf = LogisticRegression(max_iter=1000, C=1.0).fit(train_scores, y)
@@ -375,7 +412,8 @@ def _logistic_seen_posteriors(predictor, train_ds, eval_scores, train_classes, d
 def format_zeroshot(result: dict[str, Any]) -> str:
     """A short text summary: mean per-class accuracy vs chance and per-class accuracies."""
     lines = [
-        f"zero-shot {result.get('method', '')} on {result.get('dataset', '?')}:"
+        f"zero-shot {result.get('method', '')} ({result.get('probabilities', '')} attribute "
+        f"probabilities) on {result.get('dataset', '?')}:"
         f"{result.get('split', '?')} ({result['num_images']} images, "
         f"{len(result['class_names'])} classes)",
         f"mean per-class accuracy {100 * result['mean_class_accuracy']:.2f}%  "

@@ -20,6 +20,13 @@ Every Conv2d / BatchNorm2d inside the given layers is replaced by ``StackedConv2
 ``DepthwiseSeparableConv``, ``SqueezeExcite``...) are kept, so their own ``forward`` runs on the
 stacked layout. Layers with other parameters raise ``NotImplementedError``.
 Stochastic depth (``DropPath``), if enabled, drops a sample in all M copies together.
+
+The same stacked parameters can also be run in passes of c < M copies (``chunk_size``): each
+pass is the batched computation above on a contiguous slice of copies (parameters are split once
+per forward, so the backward gathers every gradient in one operation). On CPUs this keeps the
+activations of a pass cache-sized; a single pass over all copies streams activations M times
+larger than one copy's, which costs more than the per-operation overhead it saves once the
+tail is compute-bound (``benchmarks/bench_tails.py``).
 """
 
 from __future__ import annotations

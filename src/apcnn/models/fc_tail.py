@@ -1,0 +1,114 @@
+"""Attribute-specific fully connected tails on the pooled features of a frozen CNN.
+
+``tail="fc"`` makes the *whole* pretrained network the shared trunk (its pooled output
+f(i) in R^D) and gives every attribute m its own fully connected layer, the analogue of the
+attribute-specific fc7 of the paper's per-attribute AlexNets:
+
+    x_m(i) = relu(A_m f(i) + c_m),      A_m (D, D), c_m (D,)
+
+A_m starts as the identity and c_m at zero, so since f >= 0 (the backbone ends in a ReLU-type
+activation and average pooling) every x_m equals the ImageNet feature at the start, exactly as if
+each attribute had its own copy of the pretrained network, and fine-tuning moves each attribute
+away from it. All M layers run as one matrix product f @ [A_1; ...; A_M]^T (never a loop over M).
+This is the CPU-friendly tail: the trunk's output is a D-vector per image, cached once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StackedLinearTail(nn.Module):
+    """M fully connected layers on shared features: (B, D) or (B, D, 1, 1) -> (B, M, D)."""
+
+    def __init__(self, feature_dim: int, num_attributes: int) -> None:
+        super().__init__()
+        if feature_dim < 1 or num_attributes < 1:
+            raise ValueError("feature_dim and num_attributes must be positive")
+        self.feature_dim = feature_dim
+        self.num_attributes = num_attributes
+        eye = torch.eye(feature_dim).expand(num_attributes, feature_dim, feature_dim)
+        self.weight = nn.Parameter(eye.clone())  # (M, D_out, D_in)
+        self.bias = nn.Parameter(torch.zeros(num_attributes, feature_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        f = features.flatten(1)  # (B, D)
+        if f.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"fc tail expects pooled features of dimension {self.feature_dim}, got {f.shape[1]}"
+            )
+        m, d = self.num_attributes, self.feature_dim
+        out = f @ self.weight.reshape(m * d, d).t()  # (B, M*D): one matmul for all attributes
+        return torch.relu(out.view(-1, m, d) + self.bias)
+
+    def tail_module(self, index: int) -> nn.Module:
+        """An unbatched copy of attribute ``index``'s layer (Linear + ReLU), for checks."""
+        linear = nn.Linear(self.feature_dim, self.feature_dim)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight[index])
+            linear.bias.copy_(self.bias[index])
+        return nn.Sequential(nn.Flatten(1), linear, nn.ReLU())
+
+
+class PooledTrunk(nn.Module):
+    """The complete pretrained network up to its pooled features: images -> (B, D)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
+
+
+class FCAttributeCNN(nn.Module):
+    """``tail="fc"``: frozen pooled backbone (trunk) + :class:`StackedLinearTail`.
+
+    Same interface as :class:`~apcnn.models.attribute_cnn.AttributeCNN`: ``forward_trunk``
+    (images -> (B, D)), ``forward_tails`` ((B, D) -> (B, M, D)), ``forward``, ``feature_dim``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_attributes: int, *, freeze_trunk: bool = True):
+        super().__init__()
+        self.trunk = PooledTrunk(backbone)
+        self.feature_dim = int(backbone.num_features)
+        self.num_attributes = num_attributes
+        self.freeze_trunk = bool(freeze_trunk)
+        self.tails = StackedLinearTail(self.feature_dim, num_attributes)
+        if self.freeze_trunk:
+            self.trunk.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> FCAttributeCNN:
+        super().train(mode)
+        if self.freeze_trunk:
+            self.trunk.eval()
+        return self
+
+    def forward_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        if self.freeze_trunk:
+            with torch.no_grad():
+                return self.trunk(images)
+        return self.trunk(images)
+
+    def forward_tails(self, features: torch.Tensor) -> torch.Tensor:
+        return self.tails(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_tails(self.forward_trunk(images))
+
+    def tail_module(self, m: int) -> nn.Module:
+        return self.tails.tail_module(m)
+
+
+def build_attribute_cnn(
+    backbone: nn.Module, num_attributes: int, *, tail: str | int, freeze_trunk: bool
+) -> nn.Module:
+    """``AttributeCNN`` for conv tails (``"head"``, an int, ``"all"``), ``FCAttributeCNN`` for
+    ``"fc"``."""
+    if tail == "fc":
+        return FCAttributeCNN(backbone, num_attributes, freeze_trunk=freeze_trunk)
+    from .attribute_cnn import AttributeCNN
+
+    return AttributeCNN(backbone, num_attributes, tail=tail, freeze_trunk=freeze_trunk)
