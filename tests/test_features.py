@@ -47,11 +47,15 @@ def _net() -> nn.Module:
     )
 
 
-@pytest.mark.parametrize("batch_size,num_workers", [(3, 0), (4, 1), (32, 0)])
-def test_extract_matches_direct_in_order(batch_size, num_workers):
+@pytest.mark.parametrize(
+    "batch_size,num_workers,micro_batch", [(3, 0, "auto"), (4, 1, None), (32, 0, 3), (8, 0, 1)]
+)
+def test_extract_matches_direct_in_order(batch_size, num_workers, micro_batch):
     ds, net = TinyAttributes(), _net()
     net.train()
-    out = extract_features(net, ds, batch_size=batch_size, num_workers=num_workers)
+    out = extract_features(
+        net, ds, batch_size=batch_size, num_workers=num_workers, micro_batch=micro_batch
+    )
     assert net.training  # mode restored
     with torch.no_grad():
         ref = net.eval()(ds.images)
@@ -102,6 +106,8 @@ def test_extract_argument_errors():
         extract_features(_net(), TinyAttributes(n=0), batch_size=2)
     with pytest.raises(TypeError, match="amp"):
         extract_features(_net(), TinyAttributes(), batch_size=2, amp="yes")
+    with pytest.raises(ValueError, match="micro_batch"):
+        extract_features(_net(), TinyAttributes(), batch_size=2, micro_batch=0)
 
     class BadIndex(TinyAttributes):
         def __getitem__(self, i):

@@ -45,7 +45,8 @@ def test_prox_group_closed_form_and_optimality():
             # optimality of argmin ½‖U − V‖² + τΩ(U)
             u = U[k, g]
             if np.linalg.norm(u) > 0:
-                np.testing.assert_allclose(u - Vn[k, g] + tau * u / np.linalg.norm(u), 0, atol=1e-12)
+                residual = u - Vn[k, g] + tau * u / np.linalg.norm(u)
+                np.testing.assert_allclose(residual, 0, atol=1e-12)
             else:
                 assert np.linalg.norm(Vn[k, g]) <= tau
     assert (U[1, [3, 4]] == 0).all()

@@ -370,8 +370,10 @@ def _bad(**changes):
         (dict(mask=np.full((N, M), 0.5)), r"mask must be boolean"),
         (dict(Y=np.where(np.eye(N, M) > 0, 0.0, 1.0)), r"Y\[0, 0\] = 0.0 is not in \{-1, \+1\}"),
         (dict(Y=np.full((N, M), np.nan), mask=None), r"is not in \{-1, \+1\} where mask is True"),
-        (dict(groups=[[0, 1, 2], [3, 4], [5, 6]]), r"groups\[2\] contains attribute index 6, out of range"),
-        (dict(groups=[[0, 1, 2], [2, 3, 4], [5]]), r"attribute 2 is in groups\[0\] and groups\[1\]"),
+        (dict(groups=[[0, 1, 2], [3, 4], [5, 6]]),
+         r"groups\[2\] contains attribute index 6, out of range"),
+        (dict(groups=[[0, 1, 2], [2, 3, 4], [5]]),
+         r"attribute 2 is in groups\[0\] and groups\[1\]"),
         (dict(groups=[[0, 1, 2], [3, 4], [5], [4, 3]]), r"same group"),
         (dict(groups=[[0, 1, 1, 2], [3, 4], [5]]), r"groups\[0\] lists attribute 1 twice"),
         (dict(groups=[[0, 1, 2], [], [3, 4, 5]]), r"groups\[1\] is empty"),
@@ -421,6 +423,10 @@ def test_other_entry_points_reject_bad_input():
         sv.init_from_w(np.ones((D, M)), 2, fill="noise")
     with pytest.raises(ValueError, match=r"loss must be one of"):
         sv.objective(X, Y, L, S, GROUPS, 1.0, 1.0, 1.0, mask, loss="l2")
+    with pytest.raises(ValueError, match=r"bias must be None or an array of shape \(M,\)"):
+        sv.objective(X, Y, L, S, GROUPS, 1.0, 1.0, 1.0, mask, bias=True)
+    with pytest.raises(ValueError, match=r"mask must be boolean"):
+        sv.fit_latent(X, Y, S, 0.1, 1.0, np.where(mask, 1.0, np.nan))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # valid input: no warning
         sv.objective(X, Y, L, S, GROUPS, 1.0, 1.0, 1.0, mask)

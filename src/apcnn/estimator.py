@@ -103,7 +103,8 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
         values = set(np.unique(y[known]).tolist())
         if not values <= {-1.0, 1.0} and not values <= {0.0, 1.0}:
             raise ValueError(
-                f"Y must hold labels in {{-1, +1}} or {{0, 1}} (NaN = missing); found {sorted(values)}"
+                "Y must hold labels in {-1, +1} or {0, 1} (NaN = missing); "
+                f"found {sorted(values)}"
             )
         classes = np.array([0, 1]) if 0.0 in values else np.array([-1, 1])
         ypm = np.where(known & (y == 1), 1.0, -1.0)

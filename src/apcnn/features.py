@@ -3,7 +3,8 @@
 ``extract_features(fn, dataset, ...)`` runs ``fn`` (a module or function mapping a batch of images
 (B, 3, H, W) to a tensor (B, ...)) over a dataset and returns the stacked outputs (N, ...) in
 dataset order, as float32 on the CPU. Fast path: ``torch.inference_mode``, channels-last input,
-optional autocast (bf16 on CPU), a ``DataLoader`` with worker processes, progress bar (tqdm).
+small micro-batches on the CPU (cache-resident activations), optional autocast (bf16 on CPU), a
+``DataLoader`` with worker processes, progress bar (tqdm).
 
 ``FeatureCache(root).get_or_compute(key_parts, compute_fn)`` memoises such a tensor on disk as
 ``<sha256 of key parts>.safetensors`` (plus ``.json`` with the key parts), written atomically.
@@ -28,7 +29,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["FeatureCache", "extract_features", "key_digest"]
+__all__ = ["CPU_MICRO_BATCH", "FeatureCache", "extract_features", "key_digest"]
+
+CPU_MICRO_BATCH = 4
+"""Images per forward pass on the CPU with ``micro_batch="auto"`` (see ``extract_features``)."""
 
 
 def _collate_images(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +62,7 @@ def extract_features(
     amp: bool | torch.dtype | None = False,
     progress: bool = False,
     channels_last: bool = True,
+    micro_batch: int | str | None = "auto",
     desc: str = "features",
 ) -> torch.Tensor:
     """Apply ``module_fn`` to every image of ``dataset``; returns (N, ...) float32 on the CPU.
@@ -67,12 +72,16 @@ def extract_features(
             method of one, e.g. ``cnn.forward_trunk``) is put in eval mode for the call and its
             mode restored afterwards.
         dataset: ``len(dataset)`` items, ``dataset[i]["image"]`` (3, H, W), ``["index"] == i``.
-        batch_size: images per forward pass.
+        batch_size: images per loaded batch (DataLoader); see ``micro_batch`` for the forward.
         num_workers: DataLoader worker processes (0 = load in this process).
         device: where ``module_fn`` runs.
         amp: autocast: ``True`` = bf16 on CPU / fp16 on CUDA, or an explicit dtype; False = off.
         progress: show a tqdm progress bar.
         channels_last: feed images in channels-last memory format (faster convolutions).
+        micro_batch: images per forward pass within a loaded batch. ``"auto"``: 4 on the CPU
+            (activations of a few images stay in cache: tf_efficientnet_lite0 at 224 px does
+            ~1.6x more images per CPU-second at 4 than at 32), the whole batch elsewhere;
+            None: the whole batch; or an int.
         desc: progress bar label.
 
     Row i of the result is the output for ``dataset[i]`` (rows are placed by ``index``).
@@ -87,6 +96,14 @@ def extract_features(
     n = len(dataset)
     dev = torch.device(device)
     cast = _autocast_dtype(amp, dev)
+    if micro_batch == "auto":
+        step = CPU_MICRO_BATCH if dev.type == "cpu" else batch_size
+    elif micro_batch is None:
+        step = batch_size
+    elif isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1:
+        step = micro_batch
+    else:
+        raise ValueError(f"micro_batch must be 'auto', None or an int >= 1, got {micro_batch!r}")
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -114,20 +131,22 @@ def extract_features(
     try:
         with torch.inference_mode():
             for images, index in loader:
-                x = images.to(dev, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if cast is not None:
-                    with torch.autocast(dev.type, dtype=cast):
+                for start in range(0, len(index), step):
+                    x = images[start : start + step].to(dev, non_blocking=True)
+                    idx = index[start : start + step]
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    if cast is not None:
+                        with torch.autocast(dev.type, dtype=cast):
+                            y = module_fn(x)
+                    else:
                         y = module_fn(x)
-                else:
-                    y = module_fn(x)
-                y = y.float().cpu()
-                if out is None:
-                    with torch.inference_mode(False):
-                        out = torch.empty((n, *y.shape[1:]), dtype=torch.float32)
-                out[index] = y
-                seen[index] = True
+                    y = y.float().cpu()
+                    if out is None:
+                        with torch.inference_mode(False):
+                            out = torch.empty((n, *y.shape[1:]), dtype=torch.float32)
+                    out[idx] = y
+                    seen[idx] = True
                 if bar is not None:
                     bar.update(len(index))
     finally:

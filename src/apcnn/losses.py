@@ -5,7 +5,8 @@ Every function takes
 * ``scores``: ``(N, M)`` tensor, ``f_m(i) = x_m(i)ᵀ L s_m (+ b_m)``;
 * ``Y``: ``(N, M)`` labels in ``{-1, +1}`` (entries where ``mask`` is False may hold anything,
   NaN included: they are never read);
-* ``mask``: ``(N, M)`` bool (True = labelled) or ``None`` (everything labelled).
+* ``mask``: ``(N, M)`` bool (True = labelled) or ``None`` (everything labelled); or the float
+  0/1 mask of :func:`prepare_labels` together with its cleaned labels.
 
 With the margin ``z = y f`` the losses are
 
@@ -44,8 +45,23 @@ def check_loss(kind: str, *, smooth: bool = False) -> str:
     return kind
 
 
+def prepare_labels(Y: Tensor, mask: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(y, m)``: labels with unlabelled entries set to +1 and the mask as 0/1 floats.
+
+    Passing the pair back to the functions below as ``(Y, mask)`` skips their per-call
+    preparation (a floating ``mask`` is taken to come with such clean labels), which matters in
+    iterative solvers.
+    """
+    if mask is None:
+        return Y.to(dtype), torch.ones(Y.shape, dtype=dtype, device=Y.device)
+    m = mask.bool()
+    return torch.where(m, Y.to(dtype), torch.ones((), dtype=dtype, device=Y.device)), m.to(dtype)
+
+
 def _prepare(scores: Tensor, Y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Margins ``z = y f`` with unlabelled entries' labels replaced by +1, and a float mask."""
+    if mask is not None and mask.dtype == scores.dtype and Y.dtype == scores.dtype:
+        return Y, mask  # prepared by prepare_labels
     if mask is None:
         m = torch.ones_like(scores)
         y = Y.to(scores.dtype)
@@ -67,8 +83,8 @@ def elementwise(
     y, m = _prepare(scores, Y, mask)
     z = y * scores
     if kind == "squared_hinge":
-        r = torch.clamp(1.0 - z, min=0.0)
-        return 0.5 * r * r * m, -y * r * m
+        rm = torch.clamp(1.0 - z, min=0.0) * m
+        return 0.5 * rm * rm, -y * rm
     if kind == "hinge":
         r = 1.0 - z
         return torch.clamp(r, min=0.0) * m, -y * (r > 0).to(scores.dtype) * m

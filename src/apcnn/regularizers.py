@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+
 @dataclass(frozen=True)
 class GroupIndex:
     """Flat incidence representation of groups over ``M`` attributes.
@@ -132,7 +133,8 @@ def prox_group(
     """
     gi = as_group_index(groups, V.shape[1], V.device)
     if not gi.disjoint:
-        raise ValueError("prox_group needs disjoint groups; use smoothed_group_norm for overlapping")
+        raise ValueError(
+            "prox_group needs disjoint groups; use smoothed_group_norm for overlapping ones")
     norms = group_norms(V, gi)  # (K, G)
     tau = torch.as_tensor(threshold, dtype=V.dtype, device=V.device)
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apcnn.losses import CURVATURE, bregman, check_loss, elementwise
+from apcnn.losses import CURVATURE, bregman, check_loss, elementwise, prepare_labels
 from apcnn.regularizers import (
     GroupIndex,
     frobenius_sq,
@@ -79,8 +79,6 @@ SMALL_PROBLEM = 200_000
 #: Per-iteration shrink factor of the backtracked Lipschitz estimates (steps grow again where the
 #: local curvature allows it; backtracking doubles them back when not).
 _SHRINK = 0.9
-import os
-SHRINK = float(os.environ.get("APCNN_SHRINK", "1.0"))
 
 
 def _threads_by_size(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +110,7 @@ class SolverInfo:
             with the loss over all attributes).
         gap: final KKT violation (absolute; for SPGD the gradient norm of the smoothed problem).
         scale: the gradient scale ``max(‖∇f(0)‖_∞, penalty)`` that ``tol`` is relative to.
+        stages: SPGD continuation stages (1 for FISTA/APG).
     """
 
     n_iter: int
@@ -190,7 +189,8 @@ def _context(X: Any) -> tuple[_Ctx, Tensor]:
     else:
         a = np.asarray(X)
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-            raise TypeError(f"X must be a numeric NumPy array or torch tensor (got dtype {a.dtype})")
+            raise TypeError(
+                f"X must be a numeric NumPy array or torch tensor (got dtype {a.dtype})")
         out = a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float64)
         work = torch.float32 if a.dtype in (np.float32, np.float16) else torch.float64
         ctx = _Ctx(False, out, torch.device("cpu"), work)
@@ -202,7 +202,8 @@ def _context(X: Any) -> tuple[_Ctx, Tensor]:
 
 
 def _finite(t: Tensor, name: str, fix: str = "remove or impute them") -> None:
-    if not bool(torch.isfinite(t).all()):
+    # a finite sum proves there is no NaN/inf (fast path); otherwise check entrywise
+    if t.numel() and not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf; {fix}")
 
 
@@ -228,7 +229,8 @@ def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
 class _Data:
     """Validated problem data on the working device/dtype.
 
-    ``X`` is ``(N, D)`` (shared) or the attribute-major copy ``(M, N, D)`` of ``(N, M, D)`` input.
+    ``X`` is ``(N, D)`` (shared) or ``(N, M, D)``; the attribute-major copy ``(M, N, D)`` that
+    the L-step's batched products want is made on first use (:meth:`xm`).
     """
 
     X: Tensor
@@ -239,25 +241,34 @@ class _Data:
     M: int
     D: int
     empty: Tensor
+    yc: Tensor  # labels with +1 where unlabelled (losses.prepare_labels)
+    mf: Tensor  # mask as 0/1 floats
+    _xm: Tensor | None = None
+
+    def xm(self) -> Tensor:
+        if self._xm is None:
+            self._xm = self.X.permute(1, 0, 2).contiguous()
+        return self._xm
 
     def scores_W(self, W: Tensor) -> Tensor:
         """``(N, M)`` scores ``x_m(i)ᵀ w_m`` for ``W`` ``(D, M)``."""
         if self.shared:
             return self.X @ W
-        return torch.bmm(self.X, W.T.unsqueeze(-1)).squeeze(-1).T
+        return torch.bmm(self.xm(), W.T.unsqueeze(-1)).squeeze(-1).T
 
     def XtG(self, G: Tensor) -> Tensor:
         """``(D, M)``: column m is ``Σ_i G[i, m] x_m(i)``."""
         if self.shared:
             return self.X.T @ G
-        return torch.bmm(G.T.unsqueeze(1), self.X).squeeze(1).T  # row-vector form: no transpose
+        return torch.bmm(G.T.unsqueeze(1), self.xm()).squeeze(1).T  # row-vector form
 
     def project(self, L: Tensor) -> Tensor:
-        """``P_m = X_m L``: ``(N, K)`` (shared) or ``(M, N, K)`` (attribute-specific)."""
+        """``P_m = X_m L``: ``(N, K)`` (shared) or ``(M, N, K)`` (attribute-specific); one GEMM."""
         if self.shared:
             return self.X @ L
-        M, N, D = self.X.shape
-        return (self.X.reshape(M * N, D) @ L).reshape(M, N, L.shape[1])
+        N, M, D = self.X.shape
+        P = (self.X.reshape(N * M, D) @ L).reshape(N, M, L.shape[1])
+        return P.permute(1, 0, 2).contiguous()
 
 
 def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any) -> _Data:
@@ -269,33 +280,33 @@ def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any) -> _Data:
     _finite(x, "X", "clean or impute the features")
     y = ctx.t(Y, "Y")
     if y.ndim != 2 or y.shape[0] != x.shape[0] or (x.ndim == 3 and y.shape[1] != x.shape[1]):
-        want = f"(N, M) = ({x.shape[0]}, {x.shape[1]})" if x.ndim == 3 else f"(N, M) with N = {x.shape[0]}"
-        raise ValueError(f"Y must have shape {want} to match X {tuple(x.shape)}; got {tuple(y.shape)}")
+        want = (f"(N, M) = ({x.shape[0]}, {x.shape[1]})" if x.ndim == 3
+                else f"(N, M) with N = {x.shape[0]}")
+        raise ValueError(
+            f"Y must have shape {want} to match X {tuple(x.shape)}; got {tuple(y.shape)}")
     N, M = y.shape
     if mask is None:
         m = torch.ones(N, M, dtype=torch.bool, device=ctx.device)
     else:
-        mt = ctx.t(mask, "mask", dtype=None) if isinstance(mask, Tensor) else torch.as_tensor(
-            np.asarray(mask), device=ctx.device)
+        mt = (mask.detach() if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask)))
+        mt = mt.to(ctx.device)
         if tuple(mt.shape) != (N, M):
             raise ValueError(f"mask must have the shape of Y {(N, M)}; got {tuple(mt.shape)}")
         if mt.dtype != torch.bool:
-            if mt.is_floating_point() and not bool(torch.isfinite(mt).all()) or not bool(
-                ((mt == 0) | (mt == 1)).all()
-            ):
+            if not bool(((mt == 0) | (mt == 1)).all()):  # NaN fails this too
                 raise ValueError("mask must be boolean (True = labelled) or 0/1")
             mt = mt != 0
-        m = mt.to(ctx.device)
+        m = mt
     ok = (y == 1) | (y == -1) | ~m
     if not bool(ok.all()):
         i, j = (int(v) for v in torch.nonzero(~ok)[0])
         raise ValueError(
-            f"Y[{i}, {j}] = {float(y[i, j])} is not in {{-1, +1}} where mask is True; encode labels "
-            "as -1/+1 and mark missing labels False in mask"
+            f"Y[{i}, {j}] = {float(y[i, j])} is not in {{-1, +1}} where mask is True; encode "
+            "labels as -1/+1 and mark missing labels False in mask"
         )
     empty = ~m.any(0)
-    X = x if x.ndim == 2 else x.permute(1, 0, 2).contiguous()
-    return _Data(X, y, m, x.ndim == 2, N, M, x.shape[-1], empty)
+    yc, mf = prepare_labels(y, m, ctx.dtype)
+    return _Data(x, y, m, x.ndim == 2, N, M, x.shape[-1], empty, yc, mf)
 
 
 def _matrix(ctx: _Ctx, a: Any, name: str, shape: tuple[int, int], what: str) -> Tensor:
@@ -324,7 +335,8 @@ def _groups(groups: Any, M: int, overlapping: bool, device: torch.device) -> Gro
             raise ValueError(f"groups[{j}] is empty; remove it")
         key = tuple(sorted(g))
         if key in firsts:
-            raise ValueError(f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once")
+            raise ValueError(
+                f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once")
         firsts[key] = j
         if len(set(g)) != len(g):
             dup = next(a for a in g if g.count(a) > 1)
@@ -368,9 +380,17 @@ def _bias_arg(ctx: _Ctx, bias: Any, M: int) -> Tensor | None:
         return torch.zeros(M, dtype=ctx.dtype, device=ctx.device)
     t = ctx.t(bias, "bias")
     if tuple(t.shape) != (M,):
-        raise ValueError(f"bias must be True, None or an array of shape (M,) = ({M},); got {tuple(t.shape)}")
+        raise ValueError(
+            f"bias must be True, None or an array of shape (M,) = ({M},); got {tuple(t.shape)}")
     _finite(t, "bias")
     return t
+
+
+def _fixed_bias(ctx: _Ctx, bias: Any, M: int) -> Tensor | None:
+    """A given bias (objective, certificates): None/False or an ``(M,)`` array."""
+    if bias is True:
+        raise ValueError("bias must be None or an array of shape (M,) here (got True)")
+    return _bias_arg(ctx, bias, M)
 
 
 def _method(method: str, gi: GroupIndex) -> str:
@@ -517,7 +537,7 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
 
 def _power(forward: Callable[[list[Tensor]], Tensor], adjoint: Callable[[Tensor], list[Tensor]],
            mask: Tensor, like: list[Tensor], reduce: Callable[[list[Tensor]], Tensor],
-           n_iter: int = 30, seed: int = 0) -> Tensor:
+           n_iter: int = 8, seed: int = 0) -> Tensor:
     """Power iteration for the largest eigenvalue of ``Aᵀ diag(mask) A`` per unit.
 
     ``reduce`` maps a list of entrywise tensors to per-unit sums: ``(M,)`` per attribute (the
@@ -554,7 +574,8 @@ def _kkt_group(S: Tensor, gS: Tensor, gi: GroupIndex, mu: float, zero_tol: float
 
 def _kkt_l1(L: Tensor, gL: Tensor, gamma: float, zero_tol: float = 0.0) -> float:
     nz = L.abs() > zero_tol
-    viol = torch.where(nz, (gL + gamma * torch.sign(L)).abs(), torch.clamp(gL.abs() - gamma, min=0.0))
+    viol = torch.where(nz, (gL + gamma * torch.sign(L)).abs(),
+                       torch.clamp(gL.abs() - gamma, min=0.0))
     return float(viol.max()) if viol.numel() else 0.0
 
 
@@ -624,7 +645,7 @@ def _s_problem_fista(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: st
     def kkt(x: list[Tensor], g: list[Tensor]) -> float:
         return max(_kkt_group(x[0], g[0], gi, mu), _bias_viol(g))
 
-    return _Problem(forward, adjoint, data.Y, data.mask, kind, col_block, G,
+    return _Problem(forward, adjoint, data.yc, data.mf, kind, col_block, G,
                     [col_block] * (2 if with_bias else 1), block_sum, prox, penalty, kkt)
 
 
@@ -649,7 +670,7 @@ def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind:
     def kkt(x: list[Tensor], g: list[Tensor]) -> float:
         return max(float(t.abs().max()) for t in g)
 
-    return _Problem(forward, adjoint, data.Y, data.mask, kind,
+    return _Problem(forward, adjoint, data.yc, data.mf, kind,
                     torch.zeros_like(data.empty, dtype=torch.long), 1,
                     [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra,
                     smoothing_lipschitz(gi, data.M, eta, mu))
@@ -686,7 +707,7 @@ def _solve_S(data: _Data, L: Tensor, gi: GroupIndex, mu: float, S0: Tensor, b0: 
 def _s_true_objective(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
                       x: list[Tensor]) -> float:
     forward, _ = _s_ops(data, P, len(x) > 1)
-    lo, _ = elementwise(forward(x), data.Y, data.mask, kind)
+    lo, _ = elementwise(forward(x), data.yc, data.mf, kind)
     return float(lo.sum() + mu * group_norm(x[0], gi))
 
 
@@ -713,7 +734,7 @@ def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list
     scale_F = max(abs(F_best), torch.finfo(P.dtype).tiny)
     eta = 1e-2 * scale_F / Dq
     eps = torch.finfo(P.dtype).eps
-    x, n_used, stages, converged, gap = x0, 0, 0, False, float("inf")
+    x, n_used, stages, converged, gap, scale = x0, 0, 0, False, float("inf"), 0.0
     F_prev = F_best
     while n_used < max_iter:
         pb = _s_problem_smoothed(data, P, gi, mu, kind, len(x0) > 1, eta)
@@ -722,7 +743,7 @@ def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list
         x, info = _apg(pb, x, lip, max(tol, 0.1 * rel), max_iter - n_used, _grad_scale(pb, x, mu))
         n_used += max(info.n_iter, 1)
         stages += 1
-        gap = info.gap
+        gap, scale = info.gap, info.scale
         cands = [x]
         norms = group_norms(x[0], gi)
         small = mu * norms < eta
@@ -740,7 +761,7 @@ def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list
             break
         F_prev = F_best
         eta /= 10.0
-    return best, SolverInfo(n_used, converged, F_best, gap, 0.0, stages)
+    return best, SolverInfo(n_used, converged, F_best, gap, scale, stages)
 
 
 # ----------------------------------------------------------------------------- L-step
@@ -762,7 +783,8 @@ def _l_problem(data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with
         return sum(t.sum() for t in ts).reshape(1)  # type: ignore[union-attr]
 
     def extra(x: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        return (lam * frobenius_sq(x[0])).reshape(1), [2 * lam * x[0], *(torch.zeros_like(t) for t in x[1:])]
+        grads = [2 * lam * x[0], *(torch.zeros_like(t) for t in x[1:])]
+        return (lam * frobenius_sq(x[0])).reshape(1), grads
 
     def prox(v: list[Tensor], Lb: Tensor) -> list[Tensor]:
         return [prox_l1(v[0], gamma / Lb[0]), *v[1:]]
@@ -773,7 +795,7 @@ def _l_problem(data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with
     def kkt(x: list[Tensor], g: list[Tensor]) -> float:
         return max(_kkt_l1(x[0], g[0], gamma), _bias_viol(g))
 
-    return _Problem(forward, adjoint, data.Y, data.mask, kind,
+    return _Problem(forward, adjoint, data.yc, data.mf, kind,
                     torch.zeros(data.M, dtype=torch.long, device=S.device), 1,
                     [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra,
                     2 * lam)
@@ -811,8 +833,8 @@ def objective(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], m
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
     gi = _groups(groups, data.M, overlapping, ctx.device)
-    b = _bias_arg(ctx, bias, data.M) if bias is not None and bias is not True else None
-    lo, _ = elementwise(_scores(data, Lt, St, b), data.Y, data.mask, loss)
+    b = _fixed_bias(ctx, bias, data.M)
+    lo, _ = elementwise(_scores(data, Lt, St, b), data.yc, data.mf, loss)
     val = lo.sum() + mu * group_norm(St, gi) + gamma * Lt.abs().sum() + lam * frobenius_sq(Lt)
     return float(val)
 
@@ -832,7 +854,8 @@ def _lmat(ctx: _Ctx, L: Any, D: int) -> Tensor:
 def _smat(ctx: _Ctx, S: Any, M: int) -> Tensor:
     t = ctx.t(S, "S")
     if t.ndim != 2 or t.shape[1] != M:
-        raise ValueError(f"S must have shape (K, M) with M = {M} (the columns of Y); got {tuple(t.shape)}")
+        raise ValueError(
+            f"S must have shape (K, M) with M = {M} (the columns of Y); got {tuple(t.shape)}")
     if t.shape[0] < 1:
         raise ValueError("S must have K >= 1 rows")
     _finite(t, "S")
@@ -1011,9 +1034,10 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     Initialisation: ``L0``/``S0`` if given; otherwise :func:`init_from_w` of ``W0``, itself
     :func:`fit_independent` (ridge ``init_lam``, default ``lam`` — or 1 when ``lam`` is 0) when
     not given. Each half-step is warm-started at the current iterate and returns an iterate no
-    worse than it, so ``history`` never increases. The sub-solvers' tolerance starts at
-    ``max(inner_tol, 1e-3)`` and tightens to ``max(inner_tol, 0.1 × last relative decrease)``. Stops when the relative decrease over one outer
-    iteration is below ``tol`` (``converged=True``) or after ``max_outer`` outer iterations.
+    worse than it, so ``history`` never increases (a rounding-level increase keeps the previous
+    iterate). The sub-solvers' tolerance starts at ``max(inner_tol, 1e-3)`` and tightens to
+    ``max(inner_tol, 0.1 × last relative decrease)``. Stops when the relative decrease over one
+    outer iteration is below ``tol`` (``converged=True``) or after ``max_outer`` outer iterations.
     ``callback(outer_iteration, L, S, bias, objective)`` is called after each outer iteration
     (torch tensors); returning True stops early. ``max_iter``/``inner_tol`` go to the sub-solvers.
     """
@@ -1042,11 +1066,12 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     if S0 is not None:
         St = _matrix(ctx, S0, "S0", (K, data.M), "(K, M)")
     else:
-        St = S_init if S_init is not None else torch.zeros(K, data.M, dtype=ctx.dtype, device=ctx.device)
+        St = S_init if S_init is not None else torch.zeros(
+            K, data.M, dtype=ctx.dtype, device=ctx.device)
     St = _zero_empty([St], data.empty)[0]
 
     def F(L_: Tensor, S_: Tensor, b_: Tensor | None) -> float:
-        lo, _ = elementwise(_scores(data, L_, S_, b_), data.Y, data.mask, loss)
+        lo, _ = elementwise(_scores(data, L_, S_, b_), data.yc, data.mf, loss)
         return float(lo.sum() + mu * group_norm(S_, gi) + gamma * L_.abs().sum()
                      + lam * frobenius_sq(L_))
 
@@ -1110,11 +1135,11 @@ def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[i
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
     gi = _groups(groups, data.M, False, ctx.device)
-    b = _bias_arg(ctx, bias, data.M) if bias is not None and bias is not True else None
+    b = _fixed_bias(ctx, bias, data.M)
     P = data.project(Lt)
     forward, adjoint = _s_ops(data, P, b is not None)
     xs = [St, b] if b is not None else [St]
-    _, dz = elementwise(forward(xs), data.Y, data.mask, loss)
+    _, dz = elementwise(forward(xs), data.yc, data.mf, loss)
     g = adjoint(dz)
     return max(_kkt_group(St, g[0], gi, mu, zero_tol), _bias_viol(g))
 
@@ -1133,7 +1158,7 @@ def optimality_gap_L(X: Any, Y: Any, L: Any, S: Any, gamma: float, lam: float, m
     gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
-    b = _bias_arg(ctx, bias, data.M) if bias is not None and bias is not True else None
+    b = _fixed_bias(ctx, bias, data.M)
     pb = _l_problem(data, St, gamma, lam, loss, b is not None)
     xs = [Lt, b] if b is not None else [Lt]
     _, g = _smooth(pb, pb.forward(xs), xs, True)

@@ -68,7 +68,7 @@ def test_penalty_is_differentiable_at_zero_groups():
     ref = sv.objective(np.zeros((1, D)), np.ones((1, M)), layer.L.detach().numpy(),
                        layer.S.detach().numpy(), GROUPS, 0.7, 0.2, 0.3,
                        np.zeros((1, M), bool))
-    assert float(pen) == pytest.approx(ref, rel=1e-12)
+    assert float(pen.detach()) == pytest.approx(ref, rel=1e-12)
     pen.backward()
     assert torch.isfinite(layer.S.grad).all() and torch.isfinite(layer.L.grad).all()
     assert (layer.S.grad[:, 3:5] == 0).all()

@@ -36,7 +36,9 @@ class LatentTaskLayer(nn.Module):
                         ("num_attributes", num_attributes)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer (got {v!r})")
-        self.in_features, self.num_latent, self.num_attributes = in_features, num_latent, num_attributes
+        self.in_features = in_features
+        self.num_latent = num_latent
+        self.num_attributes = num_attributes
         self.L = nn.Parameter(torch.empty(in_features, num_latent))
         self.S = nn.Parameter(torch.empty(num_latent, num_attributes))
         if bias:
@@ -46,7 +48,7 @@ class LatentTaskLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``L ~ N(0, 1/D)``, ``S ~ N(0, 1/K)``, bias 0 (scores of unit variance for unit inputs)."""
+        """``L ~ N(0, 1/D)``, ``S ~ N(0, 1/K)``, bias 0 (unit-variance scores for unit inputs)."""
         with torch.no_grad():
             self.L.normal_(0.0, 1.0 / math.sqrt(self.in_features))
             self.S.normal_(0.0, 1.0 / math.sqrt(self.num_latent))
@@ -66,7 +68,8 @@ class LatentTaskLayer(nn.Module):
         elif x.ndim == 3 and x.shape[1] == M and x.shape[2] == D:
             out = torch.einsum("bmd,dm->bm", x, self.W)
         else:
-            raise ValueError(f"features must have shape (B, {D}) or (B, {M}, {D}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"features must have shape (B, {D}) or (B, {M}, {D}); got {tuple(x.shape)}")
         return out + self.bias if self.bias is not None else out
 
     def load_solution(self, L: Any, S: Any, bias: Any = None) -> LatentTaskLayer:
@@ -78,7 +81,8 @@ class LatentTaskLayer(nn.Module):
         def tensor(a: Any, name: str, shape: tuple[int, ...]) -> Tensor:
             t = a.detach() if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
             if tuple(t.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape} for this layer; got {tuple(t.shape)}")
+                raise ValueError(
+                    f"{name} must have shape {shape} for this layer; got {tuple(t.shape)}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} contains NaN or inf")
             return t
@@ -100,7 +104,8 @@ class LatentTaskLayer(nn.Module):
     def penalty(self, groups: Sequence[Sequence[int]], mu: float, gamma: float, lam: float
                 ) -> Tensor:
         """``μ Σ_k Σ_g ‖S[k, g]‖₂ + γ‖L‖₁ + λ‖L‖_F²`` (differentiable; subgradient 0 at 0)."""
-        return mu * group_norm(self.S, groups) + gamma * self.L.abs().sum() + lam * frobenius_sq(self.L)
+        L = self.L
+        return mu * group_norm(self.S, groups) + gamma * L.abs().sum() + lam * frobenius_sq(L)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_latent={self.num_latent}, "
