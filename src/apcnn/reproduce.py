@@ -37,7 +37,9 @@ CLOTHING_SETTINGS: dict[str, Any] = {
     "mtl.mu": 0.002,
     "mtl.gamma": 1e-5,
     "mtl.lam": 1e-4,
-    "mtl.max_outer": 10,
+    "mtl.max_outer": 5,
+    "mtl.max_iter": 100,
+    "mtl.inner_tol": 1e-4,
     "mtl.mu_grid": [0.0005, 0.002, 0.008],
     "train.batch_size": 64,
     "train.lr": 0.01,
@@ -51,7 +53,7 @@ QUICK_SETTINGS: dict[str, Any] = {
     "train.epochs_joint": 1,
     "train.rounds": 1,
     "mtl.mu_grid": [0.002],
-    "mtl.max_outer": 5,
+    "mtl.max_outer": 3,
 }
 EXTRACT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)  # per-sample ridge weights tried for S-extract
 EXTRACT_MUS = (0.0005, 0.002, 0.008)  # per-sample group weights tried for M-extract
@@ -115,6 +117,8 @@ def extract_methods(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             max_outer=m_cfg.max_outer,
             tol=m_cfg.tol,
             bias=True,
+            max_iter=m_cfg.max_iter,
+            inner_tol=m_cfg.inner_tol,
             seed=trainer.cfg.train.seed,
         )
         scores_v = xv @ np.asarray(res.L) @ np.asarray(res.S) + np.asarray(res.bias)
