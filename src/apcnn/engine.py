@@ -149,7 +149,9 @@ class TrainState:
 
     completed: int = 0  # number of plan steps done
     results: dict[str, Any] = field(default_factory=dict)  # method -> test metrics
-    histories: dict[str, list[float]] = field(default_factory=dict)  # method -> objective
+    # method -> objective history of each solve (monotone within a solve; the features change
+    # between solves, so the objective may jump there)
+    histories: dict[str, list[list[float]]] = field(default_factory=dict)
     chosen: dict[str, Any] = field(default_factory=dict)  # method -> hyperparameters chosen
 
 
@@ -411,7 +413,7 @@ class Trainer:
             val, mu, result = best
             self.state.chosen[method] = {"mu": mu, "val_accuracy": val}
         self.predictor.head.load_solution(result.L, result.S, result.bias)
-        self.state.histories.setdefault(method, []).extend(float(v) for v in result.history)
+        self.state.histories.setdefault(method, []).append([float(v) for v in result.history])
         self.run.log_metrics(
             self.state.completed,
             method=method,
@@ -681,7 +683,7 @@ def write_run_outputs(run: Any, cfg: Any, out: dict[str, Any]) -> None:
     run.save_json("metrics.json", results)
     history = None
     if out["histories"]:
-        history = out["histories"][list(out["histories"])[-1]]
+        history = [v for solve in out["histories"][list(out["histories"])[-1]] for v in solve]
     write_report(run.path, results, schema=schema, S=out["S"], W=out["W"], history=history)
     out["results_json"] = results
 

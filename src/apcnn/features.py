@@ -3,7 +3,7 @@
 ``extract_features(fn, dataset, ...)`` runs ``fn`` (a module or function mapping a batch of images
 (B, 3, H, W) to a tensor (B, ...)) over a dataset and returns the stacked outputs (N, ...) in
 dataset order, as float32 on the CPU. Fast path: ``torch.inference_mode``, channels-last input,
-small micro-batches on the CPU (cache-resident activations), optional autocast (bf16 on CPU), a
+batched forward passes (optionally micro-batches), optional autocast (bf16 on CPU), a
 ``DataLoader`` with worker processes, progress bar (tqdm).
 
 ``FeatureCache(root).get_or_compute(key_parts, compute_fn)`` memoises such a tensor on disk as
@@ -62,7 +62,7 @@ def extract_features(
     amp: bool | torch.dtype | None = False,
     progress: bool = False,
     channels_last: bool = True,
-    micro_batch: int | str | None = "auto",
+    micro_batch: int | str | None = None,
     desc: str = "features",
 ) -> torch.Tensor:
     """Apply ``module_fn`` to every image of ``dataset``; returns (N, ...) float32 on the CPU.
@@ -78,10 +78,12 @@ def extract_features(
         amp: autocast: ``True`` = bf16 on CPU / fp16 on CUDA, or an explicit dtype; False = off.
         progress: show a tqdm progress bar.
         channels_last: feed images in channels-last memory format (faster convolutions).
-        micro_batch: images per forward pass within a loaded batch. ``"auto"``: 4 on the CPU
-            (activations of a few images stay in cache: tf_efficientnet_lite0 at 224 px does
-            ~1.6x more images per CPU-second at 4 than at 32), the whole batch elsewhere;
-            None: the whole batch; or an int.
+        micro_batch: images per forward pass within a loaded batch: None (default) the whole
+            batch; an int; or ``"auto"``: ``CPU_MICRO_BATCH`` on the CPU, the whole batch
+            elsewhere. Small passes keep activations in cache and do less work per image on
+            one CPU thread (tf_efficientnet_lite0, 224 px: 1.1-1.6x more images per
+            CPU-second at 4 than at 32), but with several threads whole batches parallelise
+            better, so they are the default.
         desc: progress bar label.
 
     Row i of the result is the output for ``dataset[i]`` (rows are placed by ``index``).

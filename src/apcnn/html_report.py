@@ -123,7 +123,12 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     histories: dict[str, list[float]] = {}
     if (ck_root / "state").is_dir():
         try:
-            histories = dict(read_checkpoint_meta(ck_root / "state").get("histories") or {})
+            raw = read_checkpoint_meta(ck_root / "state").get("histories") or {}
+            # one list per solver call; concatenated for the curve (jumps = new features)
+            histories = {
+                m: [v for solve in h for v in (solve if isinstance(solve, list) else [solve])]
+                for m, h in raw.items()
+            }
         except (CheckpointError, FileNotFoundError, ValueError) as e:
             log.warning("no solver histories: %s", e)
     return {

@@ -55,6 +55,8 @@ QUICK_SETTINGS: dict[str, Any] = {
     "mtl.mu_grid": [0.002],
     "mtl.max_outer": 3,
 }
+QUICK_EXTRACT_LAMBDAS = (1e-3,)
+QUICK_EXTRACT_MUS = (0.002,)
 EXTRACT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)  # per-sample ridge weights tried for S-extract
 EXTRACT_MUS = (0.0005, 0.002, 0.008)  # per-sample group weights tried for M-extract
 METHODS = ("S-extract", "M-extract", "S-CNN", "M-CNN", "MG-CNN")
@@ -75,7 +77,7 @@ def _accuracy(scores: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     return float(correct.sum() / max(mask.sum(), 1))
 
 
-def extract_methods(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """S-extract and M-extract on the trainer's cached frozen features (tail ``fc``: pooled)."""
     from .metrics import attribute_metrics
     from .solvers import fit_alternating, fit_independent
@@ -92,7 +94,7 @@ def extract_methods(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
     chosen: dict[str, Any] = {}
     best = (-1.0, None, None)
-    for lam in EXTRACT_LAMBDAS:
+    for lam in QUICK_EXTRACT_LAMBDAS if quick else EXTRACT_LAMBDAS:
         w, b = fit_independent(xt, yt, mt, lam * n, bias=True)
         acc = _accuracy(xv @ w + b, yv, mv)
         if acc > best[0]:
@@ -103,7 +105,7 @@ def extract_methods(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
     best = (-1.0, None, None)
     m_cfg = trainer.cfg.mtl
-    for mu in EXTRACT_MUS:
+    for mu in QUICK_EXTRACT_MUS if quick else EXTRACT_MUS:
         res = fit_alternating(
             xt,
             yt,
@@ -145,7 +147,7 @@ def run_fold(root: str | Path, out: Path, fold: int, folds: int, quick: bool) ->
     start = time.time()
     with RunDir(out) as run:
         trainer = Trainer(cfg, run, resume=True)
-        extract, chosen = extract_methods(trainer)
+        extract, chosen = extract_methods(trainer, quick)
         cnn = trainer.run_plan()
         chosen.update(trainer.state.chosen)
         record = {

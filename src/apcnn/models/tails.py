@@ -333,9 +333,9 @@ def _leading_dense_conv(layer: nn.Module) -> StackedConv2d | None:
     return None
 
 
-AUTO_CHUNK_BYTES = 16 * 2**20
+AUTO_CHUNK_BYTES = 32 * 2**20
 """``chunk_size="auto"`` on the CPU: copies per pass so that one pass's widest activation stays
-around this size (cache-sized blocks; see ``StackedTail``)."""
+within this size (about a last-level cache; see ``StackedTail``)."""
 
 
 class StackedTail(nn.Module):
