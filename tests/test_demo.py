@@ -47,5 +47,9 @@ def test_layer_demo_multitask_beats_independent():
 
     result = run_layer_demo(seed=0)
     assert result.multitask_accuracy.mean() > result.independent_accuracy.mean()
+    # group sparsity: the active latent tasks each serve (almost always) a single group
+    active = result.group_support[result.group_support.any(axis=1)]
+    assert len(active) >= len(result.groups)
+    assert (active.sum(axis=1) > 1).sum() <= 2
     text = format_layer_demo(result)
     assert "Recovered sparsity of S" in text

@@ -83,7 +83,7 @@ def make_grouped_problem(
 
 
 def run_layer_demo(
-    *, seed: int = 0, mu: float = 0.5, gamma: float = 1e-3, lam: float = 1.0, rank: int = 12
+    *, seed: int = 0, mu: float = 10.0, gamma: float = 1e-3, lam: float = 1.0, rank: int = 12
 ) -> LayerDemoResult:
     """Fit independent per-attribute solutions and the grouped multi-task layer; compare."""
     from .solvers import fit_alternating, fit_independent
