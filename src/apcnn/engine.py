@@ -701,18 +701,17 @@ def train_from_config(
     return result
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path, *, root: str | None = None, split: str = "test"
-) -> dict[str, Any]:
-    """Metrics of a predictor checkpoint on a split of the dataset it was trained on."""
+def checkpoint_dataset(
+    meta: dict[str, Any], *, split: str = "test", root: str | None = None
+) -> tuple[Any, Any]:
+    """(config, dataset) of a split of the data a predictor checkpoint was trained on.
+
+    The split is rebuilt from the checkpoint's own config (the same folds and seeds), with the
+    checkpoint's preprocessing; ``root`` points it at another copy of the data.
+    """
     from .config import TrainConfig, config_from_dict
     from .data.transforms import build_transform
-    from .features import extract_features
-    from .metrics import attribute_metrics, method_block
-    from .predictor import load_predictor
-    from .reports import format_table
 
-    predictor, meta = load_predictor(checkpoint)
     cfg = config_from_dict(TrainConfig, meta["config"])
     if root is not None:
         cfg.data.root = root
@@ -722,7 +721,20 @@ def evaluate_checkpoint(
     if split not in datasets:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
     source, indices = datasets[split]
-    dataset = source.subset(indices)
+    return cfg, source.subset(indices)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, *, root: str | None = None, split: str = "test"
+) -> dict[str, Any]:
+    """Metrics of a predictor checkpoint on a split of the dataset it was trained on."""
+    from .features import extract_features
+    from .metrics import attribute_metrics, method_block
+    from .predictor import load_predictor
+    from .reports import format_table
+
+    predictor, meta = load_predictor(checkpoint)
+    cfg, dataset = checkpoint_dataset(meta, split=split, root=root)
     device = resolve_device(cfg.train.device)
     predictor.to(device)
     scores = extract_features(

@@ -155,15 +155,13 @@ def test_split_scores(
     """Scores of each checkpoint on ``split`` of its dataset: ``({method: (N, M)}, targets (N, M)
     in {-1, 0, +1}, mask (N, M) bool)``.
 
-    The split is rebuilt with :func:`apcnn.engine.build_datasets` from the first checkpoint's
+    The split is rebuilt with :func:`apcnn.engine.checkpoint_dataset` from the first checkpoint's
     config (``root`` overrides ``data.root``). The frozen trunk is run once when every
     checkpoint has the same trunk weights; each method then only runs its tails and head.
     """
     import torch
 
-    from .config import TrainConfig, config_from_dict
-    from .data.transforms import build_transform
-    from .engine import build_datasets
+    from .engine import checkpoint_dataset
     from .features import extract_features
     from .predictor import load_predictor
 
@@ -171,16 +169,7 @@ def test_split_scores(
         raise ValueError("no checkpoints to score")
     loaded = {m: load_predictor(p) for m, p in checkpoints.items()}
     first_pred, meta = next(iter(loaded.values()))
-    cfg = config_from_dict(TrainConfig, meta["config"])
-    if root is not None:
-        cfg.data.root = root
-    pre = meta["preprocessing"]
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
-    datasets = build_datasets(cfg, transform)
-    if split not in datasets:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
-    entry = datasets[split]  # (source dataset, indices into it)
-    dataset = entry[0].subset(entry[1]) if isinstance(entry, tuple) else entry
+    cfg, dataset = checkpoint_dataset(meta, split=split, root=root)
     bs = batch_size or cfg.train.batch_size
     dev = torch.device(device)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attribute_cnn import AttributeCNN
+
 
 class StackedLinearTail(nn.Module):
     """M fully connected layers on shared features: (B, D) or (B, D, 1, 1) -> (B, M, D)."""
@@ -62,44 +64,31 @@ class PooledTrunk(nn.Module):
         return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
 
 
-class FCAttributeCNN(nn.Module):
+class FCAttributeCNN(AttributeCNN):
     """``tail="fc"``: frozen pooled backbone (trunk) + :class:`StackedLinearTail`.
 
-    Same interface as :class:`~apcnn.models.attribute_cnn.AttributeCNN`: ``forward_trunk``
-    (images -> (B, D)), ``forward_tails`` ((B, D) -> (B, M, D)), ``forward``, ``feature_dim``.
+    The interface (``forward_trunk``: images -> (B, D), ``forward_tails``: (B, D) -> (B, M, D),
+    ``forward``, ``train``, ``feature_dim``) is :class:`AttributeCNN`'s; only the split differs.
     """
 
     def __init__(self, backbone: nn.Module, num_attributes: int, *, freeze_trunk: bool = True):
-        super().__init__()
+        nn.Module.__init__(self)  # AttributeCNN.__init__ splits conv blocks; this split is fixed
+        self.num_attributes = num_attributes
+        self.tail = "fc"
+        self.freeze_trunk = bool(freeze_trunk)
+        self.info = None
         self.trunk = PooledTrunk(backbone)
         self.feature_dim = int(backbone.num_features)
-        self.num_attributes = num_attributes
-        self.freeze_trunk = bool(freeze_trunk)
         self.tails = StackedLinearTail(self.feature_dim, num_attributes)
         if self.freeze_trunk:
             self.trunk.requires_grad_(False)
         self.train()
 
-    def train(self, mode: bool = True) -> FCAttributeCNN:
-        super().train(mode)
-        if self.freeze_trunk:
-            self.trunk.eval()
-        return self
-
-    def forward_trunk(self, images: torch.Tensor) -> torch.Tensor:
-        if self.freeze_trunk:
-            with torch.no_grad():
-                return self.trunk(images)
-        return self.trunk(images)
-
-    def forward_tails(self, features: torch.Tensor) -> torch.Tensor:
-        return self.tails(features)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_tails(self.forward_trunk(images))
-
     def tail_module(self, m: int) -> nn.Module:
         return self.tails.tail_module(m)
+
+    def load_tail(self, m: int, module: nn.Module) -> None:
+        raise NotImplementedError("fc tails are loaded through the state dict")
 
 
 def build_attribute_cnn(
@@ -109,6 +98,4 @@ def build_attribute_cnn(
     ``"fc"``."""
     if tail == "fc":
         return FCAttributeCNN(backbone, num_attributes, freeze_trunk=freeze_trunk)
-    from .attribute_cnn import AttributeCNN
-
     return AttributeCNN(backbone, num_attributes, tail=tail, freeze_trunk=freeze_trunk)
