@@ -65,6 +65,6 @@ def run_demo(
     results = result["results_json"]
     atomic_write_json(Path(out) / "results.json", results)
     print()
-    print(format_table(results, None))
+    print(format_table(results, None, title="accuracy (%) on the synthetic test split"))
     print(f"\nresults: {Path(out) / 'results.json'}\nreport:  {Path(out) / 'report.md'}")
     return result

@@ -697,7 +697,7 @@ def train_from_config(
     all_overrides = list(overrides) + ([f"run.out={out}"] if out else [])
     cfg = load_config(TrainConfig, config_path, all_overrides)
     result = train(cfg, resume=resume)
-    print(format_table(result["results_json"], None))
+    print(format_table(result["results_json"], None, title="accuracy (%) on the test split"))
     return result
 
 
