@@ -18,6 +18,7 @@ from its checkpoint. The trunk features are cached on disk and shared by folds a
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,9 @@ def run_fold(root: str | Path, out: Path, fold: int, folds: int, quick: bool) ->
             "seconds": time.time() - start,
         }
     atomic_write_json(done, record)
+    # The fold is final (fold.json short-circuits a rerun): its resume state (the largest file,
+    # optimizer included) is no longer needed; the per-method predictors stay.
+    shutil.rmtree(out / "checkpoints" / "state", ignore_errors=True)
     return record
 
 
