@@ -80,6 +80,23 @@ SMALL_PROBLEM = 200_000
 #: local curvature allows it; backtracking doubles them back when not).
 _SHRINK = 0.9
 
+#: Sums a tensor over the processes that hold the other rows of the data (an all-reduce, e.g.
+#: :func:`apcnn.distributed.all_reduce_sum`); ``None`` when one process holds all rows.
+SampleReduce = Callable[[Tensor], Tensor] | None
+
+
+def _sum_samples(reduce: SampleReduce, local: list[Tensor]) -> list[Tensor]:
+    """Per-process sums over samples -> sums over all samples, in one collective call.
+
+    Everything else in the solvers (proximal steps, step sizes, stopping tests) is computed from
+    these sums, so every process takes the same steps and ends with the same ``L``, ``S``.
+    """
+    if reduce is None:
+        return local
+    flat = reduce(torch.cat([t.reshape(-1) for t in local]))
+    parts = flat.split([t.numel() for t in local])
+    return [part.view_as(t) for part, t in zip(parts, local, strict=True)]
+
 
 def _threads_by_size(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
@@ -243,6 +260,7 @@ class _Data:
     empty: Tensor
     yc: Tensor  # labels with +1 where unlabelled (losses.prepare_labels)
     mf: Tensor  # mask as 0/1 floats
+    reduce: SampleReduce = None  # sums over the processes holding other rows (None: one process)
     _xm: Tensor | None = None
 
     def xm(self) -> Tensor:
@@ -271,7 +289,7 @@ class _Data:
         return P.permute(1, 0, 2).contiguous()
 
 
-def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any) -> _Data:
+def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None) -> _Data:
     if x.ndim not in (2, 3):
         raise ValueError(
             "X must be (N, D) shared or (N, M, D) attribute-specific features; "
@@ -304,9 +322,10 @@ def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any) -> _Data:
             f"Y[{i}, {j}] = {float(y[i, j])} is not in {{-1, +1}} where mask is True; encode "
             "labels as -1/+1 and mark missing labels False in mask"
         )
-    empty = ~m.any(0)
+    # an attribute is empty when no process has a label for it
+    empty = _sum_samples(reduce, [m.sum(0).to(ctx.dtype)])[0] == 0
     yc, mf = prepare_labels(y, m, ctx.dtype)
-    return _Data(x, y, m, x.ndim == 2, N, M, x.shape[-1], empty, yc, mf)
+    return _Data(x, y, m, x.ndim == 2, N, M, x.shape[-1], empty, yc, mf, reduce)
 
 
 def _matrix(ctx: _Ctx, a: Any, name: str, shape: tuple[int, int], what: str) -> Tensor:
@@ -431,14 +450,18 @@ class _Problem:
     kkt: Callable[[list[Tensor], list[Tensor]], float]
     extra: Callable[[list[Tensor]], tuple[Tensor, list[Tensor]]] | None = None
     extra_lip: float = 0.0
+    reduce: SampleReduce = None  # see _sum_samples
 
 
 def _smooth(pb: _Problem, z: Tensor, x: list[Tensor], need_grad: bool
             ) -> tuple[Tensor, list[Tensor] | None]:
     lo, dz = elementwise(z, pb.Y, pb.mask, pb.kind)
+    # sums over samples (columns' losses and the gradient): one all-reduce across processes
+    local = [lo.sum(0), *pb.adjoint(dz)] if need_grad else [lo.sum(0)]
+    summed = _sum_samples(pb.reduce, local)
     vals = torch.zeros(pb.n_blocks, dtype=z.dtype, device=z.device)
-    vals.index_add_(0, pb.col_block, lo.sum(0))
-    grad = pb.adjoint(dz) if need_grad else None
+    vals.index_add_(0, pb.col_block, summed[0])
+    grad = summed[1:] if need_grad else None
     if pb.extra is not None:
         ev, eg = pb.extra(x)
         vals = vals + ev
@@ -498,8 +521,8 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
             xn = pb.prox([a - s * g for a, s, g in zip(y, steps, gy, strict=True)], Lt)
             zn = pb.forward(xn)
             dist = pb.block_sum([(a - b) ** 2 for a, b in zip(xn, y, strict=True)])
-            div = torch.zeros_like(Lb).index_add_(
-                0, pb.col_block, bregman(zn, zy, pb.Y, pb.mask, pb.kind).sum(0))
+            div_cols = _sum_samples(pb.reduce, [bregman(zn, zy, pb.Y, pb.mask, pb.kind).sum(0)])
+            div = torch.zeros_like(Lb).index_add_(0, pb.col_block, div_cols[0])
             bad = div > 0.5 * Lb * dist * (1 + 1e-9)
             if not bool(bad.any()):
                 break
@@ -537,7 +560,7 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
 
 def _power(forward: Callable[[list[Tensor]], Tensor], adjoint: Callable[[Tensor], list[Tensor]],
            mask: Tensor, like: list[Tensor], reduce: Callable[[list[Tensor]], Tensor],
-           n_iter: int = 8, seed: int = 0) -> Tensor:
+           n_iter: int = 8, seed: int = 0, sample_reduce: SampleReduce = None) -> Tensor:
     """Power iteration for the largest eigenvalue of ``Aᵀ diag(mask) A`` per unit.
 
     ``reduce`` maps a list of entrywise tensors to per-unit sums: ``(M,)`` per attribute (the
@@ -552,7 +575,7 @@ def _power(forward: Callable[[list[Tensor]], Tensor], adjoint: Callable[[Tensor]
         nv = reduce([a * a for a in v]).sqrt()
         nv = torch.where(nv > 0, nv, torch.ones_like(nv))
         v = [a / (nv if nv.numel() == 1 or a.ndim == 1 else nv.unsqueeze(0)) for a in v]
-        w = adjoint(forward(v) * maskf)
+        w = _sum_samples(sample_reduce, adjoint(forward(v) * maskf))
         lam = reduce([a * b for a, b in zip(v, w, strict=True)])  # Rayleigh quotient
         v = w
     return torch.clamp(lam, min=0.0)
@@ -646,7 +669,8 @@ def _s_problem_fista(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: st
         return max(_kkt_group(x[0], g[0], gi, mu), _bias_viol(g))
 
     return _Problem(forward, adjoint, data.yc, data.mf, kind, col_block, G,
-                    [col_block] * (2 if with_bias else 1), block_sum, prox, penalty, kkt)
+                    [col_block] * (2 if with_bias else 1), block_sum, prox, penalty, kkt,
+                    reduce=data.reduce)
 
 
 def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
@@ -673,13 +697,14 @@ def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind:
     return _Problem(forward, adjoint, data.yc, data.mf, kind,
                     torch.zeros_like(data.empty, dtype=torch.long), 1,
                     [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra,
-                    smoothing_lipschitz(gi, data.M, eta, mu))
+                    smoothing_lipschitz(gi, data.M, eta, mu), data.reduce)
 
 
 def _col_lipschitz(data: _Data, P: Tensor, x0: list[Tensor], kind: str) -> Tensor:
     """Per-attribute Lipschitz bounds ``ℓ'' · ‖[P_m 1]_{labelled rows}‖₂²`` (power iteration)."""
     forward, adjoint = _s_ops(data, P, len(x0) > 1)
-    return CURVATURE[kind] * _power(forward, adjoint, data.mask, x0, _colsum) * 1.02
+    lam = _power(forward, adjoint, data.mask, x0, _colsum, sample_reduce=data.reduce)
+    return CURVATURE[kind] * lam * 1.02
 
 
 def _colsum(ts: list[Tensor]) -> Tensor:
@@ -708,7 +733,8 @@ def _s_true_objective(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: s
                       x: list[Tensor]) -> float:
     forward, _ = _s_ops(data, P, len(x) > 1)
     lo, _ = elementwise(forward(x), data.yc, data.mf, kind)
-    return float(lo.sum() + mu * group_norm(x[0], gi))
+    loss_sum = _sum_samples(data.reduce, [lo.sum().reshape(1)])[0]
+    return float(loss_sum.sum() + mu * group_norm(x[0], gi))
 
 
 def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list[Tensor],
@@ -798,14 +824,16 @@ def _l_problem(data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with
     return _Problem(forward, adjoint, data.yc, data.mf, kind,
                     torch.zeros(data.M, dtype=torch.long, device=S.device), 1,
                     [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra,
-                    2 * lam)
+                    2 * lam, data.reduce)
 
 
 def _solve_L(data: _Data, S: Tensor, gamma: float, lam: float, L0: Tensor, b0: Tensor | None,
              tol: float, max_iter: int, kind: str) -> tuple[Tensor, Tensor | None, SolverInfo]:
     pb = _l_problem(data, S, gamma, lam, kind, b0 is not None)
     x0 = [L0, b0] if b0 is not None else [L0]
-    lip = CURVATURE[kind] * _power(pb.forward, pb.adjoint, data.mask, x0, pb.block_sum) * 1.02
+    lam_max = _power(pb.forward, pb.adjoint, data.mask, x0, pb.block_sum,
+                     sample_reduce=data.reduce)
+    lip = CURVATURE[kind] * lam_max * 1.02
     lip = torch.clamp(lip, min=torch.finfo(S.dtype).tiny * 1e6)
     x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, gamma))
     return x[0], (x[1] if len(x) > 1 else None), info
@@ -1028,7 +1056,8 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
                     progress: bool = False,
                     callback: Callable[[int, Any, Any, Any, float], Any] | None = None,
                     overlapping: bool = False, max_iter: int = 2000, inner_tol: float = 1e-7,
-                    init_lam: float | None = None) -> AlternatingResult:
+                    init_lam: float | None = None, sample_reduce: SampleReduce = None
+                    ) -> AlternatingResult:
     """Algorithm 1: alternate step (a) (:func:`fit_combination`) and (b) (:func:`fit_latent`).
 
     Initialisation: ``L0``/``S0`` if given; otherwise :func:`init_from_w` of ``W0``, itself
@@ -1036,14 +1065,22 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     not given. Each half-step is warm-started at the current iterate and returns an iterate no
     worse than it, so ``history`` never increases (a rounding-level increase keeps the previous
     iterate). The sub-solvers' tolerance starts at ``max(inner_tol, 1e-3)`` and tightens to
-    ``max(inner_tol, 0.1 × last relative decrease)``. Stops when the relative decrease over one
-    outer iteration is below ``tol`` (``converged=True``) or after ``max_outer`` outer iterations.
+    ``max(inner_tol, 0.1 × last relative decrease)`` (by 100× when an outer iteration made no
+    progress). Stops when the relative decrease over one outer iteration is below ``tol`` with
+    sub-solver tolerance at most ``max(inner_tol, tol)`` (``converged=True``) or after
+    ``max_outer`` outer iterations.
     ``callback(outer_iteration, L, S, bias, objective)`` is called after each outer iteration
     (torch tensors); returning True stops early. ``max_iter``/``inner_tol`` go to the sub-solvers.
+
+    Data parallel: when each process holds some rows of ``X``, ``Y``, ``mask`` (the same
+    ``groups``, penalties, ``W0``/``L0``/``S0``, seed on all), ``sample_reduce`` sums a tensor over
+    the processes (:func:`apcnn.distributed.all_reduce_sum`). The loss values and gradients of
+    the smooth part are all-reduced and every process applies the same proximal steps, so all end
+    with the same ``L``, ``S`` and bias: those of one process holding all rows, up to rounding.
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, sample_reduce)
     mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
     K = _positive(K, "K", integer=True)
     max_outer = _positive(max_outer, "max_outer", integer=True)
@@ -1072,7 +1109,8 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
 
     def F(L_: Tensor, S_: Tensor, b_: Tensor | None) -> float:
         lo, _ = elementwise(_scores(data, L_, S_, b_), data.yc, data.mf, loss)
-        return float(lo.sum() + mu * group_norm(S_, gi) + gamma * L_.abs().sum()
+        loss_sum = _sum_samples(data.reduce, [lo.sum().reshape(1)])[0].sum()
+        return float(loss_sum + mu * group_norm(S_, gi) + gamma * L_.abs().sum()
                      + lam * frobenius_sq(L_))
 
     history = [F(Lt, St, b)]
@@ -1106,10 +1144,15 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
             bar.set_postfix(objective=f"{f:.6g}")
         stop = callback(n, Lt, St, b, f) if callback is not None else False
         rel = (history[-3] - history[-1]) / max(abs(history[-1]), torch.finfo(ctx.dtype).tiny)
-        if rel <= tol:
+        if rel <= tol and sub_tol <= max(inner_tol, tol):
             converged = True
             break
-        sub_tol = max(inner_tol, min(sub_tol, 0.1 * rel))  # tighten as the outer loop settles
+        if rel <= tol:
+            # little progress only because the sub-solvers stopped at a tolerance looser than
+            # tol (they may accept their start): not convergence, so tighten them and go on
+            sub_tol = max(inner_tol, 0.01 * sub_tol)
+        else:
+            sub_tol = max(inner_tol, min(sub_tol, 0.1 * rel))  # tighten as the loop settles
         if stop:
             break
     if bar is not None:
