@@ -23,6 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("apcnn.data", "DatasetError"),
         ("apcnn.config", "ConfigError"),
         ("apcnn.checkpoint", "CheckpointError"),
+        ("apcnn.engine", "DistributedRunError"),
     ]:
         try:
             mod = __import__(module, fromlist=[name])
@@ -46,10 +47,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return _launch_train(args)
     from .engine import train_from_config
 
     train_from_config(config_path=args.config, overrides=args.set, out=args.out, resume=args.resume)
     return 0
+
+
+def _launch_train(args: argparse.Namespace) -> int:
+    """``apcnn train --nproc N ...``: the same command in N processes under torchrun."""
+    import os
+
+    from .distributed import launch
+
+    if args.nproc < 1:
+        raise CommandError(f"--nproc must be >= 1, got {args.nproc}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CommandError("--nproc given inside a torchrun job; drop it (torchrun started us)")
+    argv = ["--debug"] if args.debug else []
+    argv += ["train", "-c", args.config]
+    for item in args.set:
+        argv += ["--set", item]
+    if args.out:
+        argv += ["--out", args.out]
+    if args.resume:
+        argv.append("--resume")
+    return launch(
+        args.nproc,
+        argv,
+        nnodes=args.nnodes,
+        rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_id=args.rdzv_id,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -174,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="run folder (default: run.out of the config)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-parallel processes on this node (runs torchrun; gloo on CPU, NCCL on CUDA)",
+    )
+    p.add_argument("--nnodes", default="1", help="with --nproc: nodes in the job (torchrun)")
+    p.add_argument(
+        "--rdzv-endpoint", default=None, metavar="HOST:PORT", help="multi-node rendezvous"
+    )
+    p.add_argument("--rdzv-id", default=None, help="multi-node job id (torchrun --rdzv_id)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")

@@ -185,6 +185,10 @@ class TrainLoopConfig:
     checkpoint_every: int = 1  #: epochs between checkpoints
     calibrate: bool = True  #: fit per-attribute probability calibration on validation scores
     log_every: int = 10  #: steps between log lines
+    #: seconds a collective may wait under torchrun before the job fails (dead or stuck rank)
+    dist_timeout: float = 300.0
+    #: under torchrun, check after every solver call that L and S are identical on all ranks
+    dist_debug: bool = False
     #: methods to train, in METHOD order; S-CNN always runs (the others start from it)
     methods: list[Literal["S-CNN", "M-CNN", "MG-CNN"]] = field(
         default_factory=lambda: ["S-CNN", "M-CNN", "MG-CNN"]
@@ -199,6 +203,7 @@ class TrainLoopConfig:
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
         _check(len(self.methods) > 0, "train.methods", "must name at least one method")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .data.schema import AttributeSchema
 
 METHOD_ORDER = ("S-CNN", "M-CNN", "MG-CNN")
@@ -60,11 +61,33 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def masked_squared_hinge(scores: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over labelled entries of 1/2 max(0, 1 - y f)^2. scores, y, mask: (B, M)."""
+def masked_squared_hinge(
+    scores: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    n_labelled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ_{labelled} 1/2 max(0, 1 - y f)^2 / n_labelled. scores, y, mask: (B, M).
+
+    ``n_labelled`` defaults to ``mask.sum()`` (the mean over this batch's labelled entries); a
+    data-parallel rank passes the count of its whole global batch instead, so that the ranks'
+    losses add up to the one-process loss.
+    """
     margin = torch.clamp(1.0 - y * scores, min=0.0)
     per_entry = 0.5 * margin.square() * mask
-    return per_entry.sum() / mask.sum().clamp(min=1)
+    count = mask.sum() if n_labelled is None else n_labelled
+    return per_entry.sum() / count.clamp(min=1)
+
+
+class _FromTrunk(nn.Module):
+    """``predictor.forward_from_trunk`` as a module's forward, for DDP to wrap."""
+
+    def __init__(self, predictor: nn.Module) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, trunk_features: torch.Tensor) -> torch.Tensor:
+        return self.predictor.forward_from_trunk(trunk_features)
 
 
 def cosine_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
@@ -169,7 +192,10 @@ class Trainer:
         self.cfg, self.run = cfg, run
         self.config_dict = config_to_dict(cfg)
         self.log = run.logger
+        self.dist = distributed.info()
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda" and self.dist.distributed:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.amp = autocast_dtype(cfg.train.amp, self.device)
         backbone, self.backbone_info = create_backbone(
             cfg.model.backbone, weights=cfg.model.weights
@@ -209,6 +235,7 @@ class Trainer:
         self.splits = self._cache_splits()
         self.state = TrainState()
         self.optimizer: torch.optim.Optimizer | None = None
+        self.step_module: nn.Module | None = None  # what SGD calls: DDP-wrapped under torchrun
         self.plan = self._make_plan()
         if resume:
             self._load_state()
@@ -244,11 +271,12 @@ class Trainer:
             "transform": repr(self.transform),
         }
 
-        def compute() -> torch.Tensor:
+        def compute(rows: range) -> torch.Tensor:
             self.log.info("extracting trunk features (%d images)", len(dataset))
+            part = dataset if len(rows) == len(dataset) else dataset.subset(list(rows))
             return extract_features(
                 self.predictor.cnn.forward_trunk,
-                dataset,
+                part,
                 batch_size=self.cfg.train.batch_size,
                 num_workers=self.cfg.data.num_workers,
                 device=self.device,
@@ -256,7 +284,21 @@ class Trainer:
                 progress=self.run.is_main,
             )
 
-        return FeatureCache(cache_root() / "features").get_or_compute(key, compute)
+        cache = FeatureCache(cache_root() / "features")
+        if not self.dist.distributed:
+            return cache.get_or_compute(key, lambda: compute(range(len(dataset))))
+        # every rank reads its node's cache; if any misses, the ranks extract contiguous shards
+        # and gather them in dataset order, and each node's first rank stores the result
+        cached = cache.load(key)
+        hits = distributed.all_reduce_sum(torch.tensor([float(cached is not None)]))
+        if int(hits.item()) == self.dist.world_size:
+            return cached
+        start, stop = distributed.shard_range(len(dataset), self.dist.rank, self.dist.world_size)
+        features = distributed.gather_rows(compute(range(start, stop)).cpu(), len(dataset))
+        if self.dist.local_rank == 0:
+            cache.save(key, features)
+        distributed.barrier()
+        return features
 
     # ------------------------------------------------------------------ plan
     def _methods(self) -> list[str]:
@@ -329,6 +371,14 @@ class Trainer:
         head = self.predictor.head
         head.L.requires_grad_(method == "S-CNN")
         head.S.requires_grad_(False)
+        # the set of trainable parameters changes between methods and heads are replaced by
+        # solves, so the DDP wrapper is rebuilt with every optimizer
+        self.step_module = _FromTrunk(self.predictor)
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
         return torch.optim.SGD(
             self._trainable(method), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
         )
@@ -341,23 +391,37 @@ class Trainer:
         epochs = t.epochs_single if method == "S-CNN" else t.epochs_joint
         steps_per_epoch = math.ceil(len(data) / t.batch_size)
         total = epochs * steps_per_epoch
-        seed = hash_seed(t.seed, method, rnd, epoch)
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        # the same global batches whatever the number of ranks; each rank takes its slice
+        sampler = distributed.GlobalBatchSampler(
+            len(data),
+            t.batch_size,
+            seed=hash_seed(t.seed, method, rnd, 0),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        sampler.set_epoch(epoch)
+        world = self.dist.world_size
         self.predictor.train()
         running, start = 0.0, time.time()
-        for step, idx in enumerate(order.split(t.batch_size)):
+        for step, (batch, local) in enumerate(zip(sampler.global_batches(), sampler)):
             lr = cosine_lr(t.lr, epoch * steps_per_epoch + step, total, t.schedule)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            idx = idx.to(self.device)
+            idx = torch.as_tensor(local, dtype=torch.long, device=self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                scores = self.predictor.forward_from_trunk(data.inputs[idx])
-            loss = masked_squared_hinge(scores.float(), data.targets[idx], data.mask[idx])
+                scores = self.step_module(data.inputs[idx])
+            # DDP averages gradients over ranks: scale so that they sum to the global batch's
+            n_labelled = data.mask[batch.to(self.device)].sum()
+            loss = (
+                masked_squared_hinge(scores.float(), data.targets[idx], data.mask[idx], n_labelled)
+                * world
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             running += float(loss.detach())
         n_steps = step + 1
+        running = float(distributed.all_reduce_sum(torch.tensor([running]))) / world
         val = self._evaluate("val")
         self.run.log_metrics(
             self.state.completed,
@@ -393,7 +457,7 @@ class Trainer:
         if not warm:
             self._restore_scnn()
         head = self.predictor.head
-        x = self._tail_features(self.splits["train"])
+        x = self._tail_features(self.splits["train"], self._my_rows(self.splits["train"]))
         if warm:
             mu = self.state.chosen.get(method, {}).get("mu", m_cfg.mu)
             result = self._fit_mtl(method, mu, x, L0=head.L, S0=head.S)
@@ -413,6 +477,11 @@ class Trainer:
             val, mu, result = best
             self.state.chosen[method] = {"mu": mu, "val_accuracy": val}
         self.predictor.head.load_solution(result.L, result.S, result.bias)
+        if self.cfg.train.dist_debug:
+            for name in ("L", "S", "bias"):
+                distributed.assert_same_on_all_ranks(
+                    getattr(self.predictor.head, name), f"{method} round {rnd}: {name}"
+                )
         self.state.histories.setdefault(method, []).append([float(v) for v in result.history])
         self.run.log_metrics(
             self.state.completed,
@@ -432,13 +501,16 @@ class Trainer:
         )
 
     def _fit_mtl(self, method: str, mu: float, x: np.ndarray, *, W0=None, L0=None, S0=None):
-        """fit_alternating on tail features x (N, M, D), penalties scaled per sample."""
+        """fit_alternating on tail features x (n, M, D) of this rank's training rows, penalties
+        scaled per sample; under torchrun the solvers all-reduce their sums over samples."""
         from .solvers import fit_alternating
 
         m_cfg, data = self.cfg.mtl, self.splits["train"]
-        y, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
+        rows = self._my_rows(data)
+        y, mask = data.targets[rows].cpu().numpy(), data.mask[rows].cpu().numpy()
         schema = self.schema if method == "MG-CNN" else self.schema.with_single_group()
-        n = float(mask.sum(axis=0).mean())  # penalties are per training sample (see config)
+        # penalties are per training sample (see config): n counts the labels of all ranks
+        n = float(data.mask.sum(dim=0).float().mean())
 
         def numpy(t: torch.Tensor | None) -> np.ndarray | None:
             return None if t is None else t.detach().cpu().numpy()
@@ -463,6 +535,7 @@ class Trainer:
             seed=self.cfg.train.seed,
             max_iter=m_cfg.max_iter,
             inner_tol=m_cfg.inner_tol,
+            sample_reduce=distributed.all_reduce_sum if self.dist.distributed else None,
         )
 
     def _finish(self, method: str) -> None:
@@ -476,15 +549,17 @@ class Trainer:
         metrics = self._evaluate("test")
         self.state.results[method] = metrics
         meta = dict(self.model_meta, rank=int(self.predictor.head.S.shape[0]))
-        save_predictor(
-            self.run.path / "checkpoints" / method,
-            self.predictor,
-            model_meta=meta,
-            schema=self.schema,
-            preprocessing=self.preprocessing,
-            config=self.config_dict,
-            extra={"method": method, "metrics": metrics},
-        )
+        if self.dist.is_main:
+            save_predictor(
+                self.run.path / "checkpoints" / method,
+                self.predictor,
+                model_meta=meta,
+                schema=self.schema,
+                preprocessing=self.preprocessing,
+                config=self.config_dict,
+                extra={"method": method, "metrics": metrics},
+            )
+        distributed.barrier()
         if method == "S-CNN":
             self._scnn_snapshot = copy.deepcopy(self.predictor.state_dict())
         self.log.info("%s test accuracy %.2f%%", method, 100 * metrics["accuracy"]["total"])
@@ -508,12 +583,16 @@ class Trainer:
         return snapshot
 
     # ------------------------------------------------------------------ evaluation
+    def _my_rows(self, data: SplitData) -> slice:
+        """This rank's contiguous shard of a split's rows (all rows in one process)."""
+        return slice(*distributed.shard_range(len(data), self.dist.rank, self.dist.world_size))
+
     @torch.inference_mode()
-    def _tail_features(self, data: SplitData) -> np.ndarray:
-        """X (N, M, D) float32 from the current tails, in eval mode."""
+    def _tail_features(self, data: SplitData, rows: slice) -> np.ndarray:
+        """X (n, M, D) float32 of ``rows`` from the current tails, in eval mode."""
         self.predictor.eval()
         out = []
-        for chunk in data.inputs.split(self.cfg.train.batch_size):
+        for chunk in data.inputs[rows].split(self.cfg.train.batch_size):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 feats = self.predictor.cnn.forward_tails(chunk)
             out.append(feats.float().cpu())
@@ -521,12 +600,15 @@ class Trainer:
 
     @torch.inference_mode()
     def _scores(self, split: str) -> np.ndarray:
+        """(N, M) scores of a split, in dataset order: each rank scores its shard, once."""
         self.predictor.eval()
-        out = []
-        for chunk in self.splits[split].inputs.split(self.cfg.train.batch_size):
+        data = self.splits[split]
+        m = self.schema.num_attributes
+        out = [torch.zeros(0, m)]
+        for chunk in data.inputs[self._my_rows(data)].split(self.cfg.train.batch_size):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 out.append(self.predictor.forward_from_trunk(chunk).float().cpu())
-        return torch.cat(out).numpy()
+        return distributed.gather_rows(torch.cat(out), len(data)).numpy()
 
     def _evaluate(self, split: str) -> dict[str, Any]:
         from .metrics import attribute_metrics
@@ -560,8 +642,11 @@ class Trainer:
             "rank": int(self.predictor.head.S.shape[0]),
             "optimizer": opt_meta,
             "config": self.config_dict,
+            "world_size": self.dist.world_size,
         }
-        save_checkpoint(self._state_path(), tensors, meta)
+        if self.dist.is_main:  # every rank holds the same state
+            save_checkpoint(self._state_path(), tensors, meta)
+        distributed.barrier()
 
     def _load_state(self) -> None:
         from .checkpoint import load_checkpoint, unflatten_state_dict
@@ -619,12 +704,41 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False) -> dict[st
     Returns ``{"results": {method: metrics}, "histories": ..., "schema": AttributeSchema,
     "S": final S, "W": final W, "seconds": wall time}``.
     """
-    from .config import check_data_root, save_config
-    from .runlog import RunDir, seed_everything
+    from .config import check_data_root
 
     check_data_root(cfg)
+    # under torchrun (WORLD_SIZE > 1) join the process group first: every rank runs this
+    dist = distributed.init_distributed(
+        resolve_device(cfg.train.device).type, cfg.train.dist_timeout
+    )
+    try:
+        return _train(cfg, dist, resume=resume, overwrite=overwrite)
+    except RuntimeError as exc:
+        if not dist.distributed or isinstance(exc, (DistributedRunError,)):
+            raise
+        # a peer died or stalled inside a collective: one line instead of a gloo/NCCL traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedRunError(
+            f"rank {dist.rank}: a collective with the other ranks failed ({first[:200]}); "
+            "another rank probably died or stalled (torchrun names it); the run folder keeps "
+            "the last completed step: rerun with --resume"
+        ) from None
+    finally:
+        distributed.cleanup()
+
+
+class DistributedRunError(RuntimeError):
+    """A rank lost its peers mid-run; the message names the rank and how to continue."""
+
+
+def _train(cfg: Any, dist: Any, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    from .config import save_config
+    from .runlog import RunDir, seed_everything
+
     state = Path(cfg.run.out) / "checkpoints" / "state"
-    if state.exists() and not resume:
+    exists = state.exists()
+    distributed.barrier()  # every rank has looked before rank 0 may delete anything
+    if exists and not resume:
         if not overwrite:
             from .config import ConfigError
 
@@ -632,20 +746,22 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False) -> dict[st
                 f"run folder {cfg.run.out} already holds a run; pass --resume to continue it or "
                 "--out DIR for a new one"
             )
-        import shutil
+        if dist.is_main:
+            import shutil
 
-        for name in ("checkpoints", "metrics.jsonl", "metrics.json", "train.log"):
-            target = Path(cfg.run.out) / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            for name in ("checkpoints", "metrics.jsonl", "metrics.json", "train.log"):
+                target = Path(cfg.run.out) / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        distributed.barrier()
     start = time.time()
     seed_everything(cfg.train.seed)
     with RunDir(cfg.run.out) as run:
         if run.is_main:
             save_config(cfg, run.path / "config.yaml")
-            run.write_environment(seed=cfg.train.seed)
+            run.write_environment(seed=cfg.train.seed, extra={"world_size": dist.world_size})
         trainer = Trainer(cfg, run, resume=resume)
         results = trainer.run_plan()
         head = trainer.predictor.head
@@ -697,7 +813,8 @@ def train_from_config(
     all_overrides = list(overrides) + ([f"run.out={out}"] if out else [])
     cfg = load_config(TrainConfig, config_path, all_overrides)
     result = train(cfg, resume=resume)
-    print(format_table(result["results_json"], None, title="accuracy (%) on the test split"))
+    if "results_json" in result:  # rank 0 (the only rank that writes)
+        print(format_table(result["results_json"], None, title="accuracy (%) on the test split"))
     return result
 
 
