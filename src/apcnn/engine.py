@@ -539,12 +539,17 @@ class Trainer:
         )
 
     def _finish(self, method: str) -> None:
-        from .calibration import fit_platt
+        from .calibration import calibration_prior, fit_platt
         from .predictor import save_predictor
 
         val_scores = self._scores("val")
         val = self.splits["val"]
-        params = fit_platt(val_scores, val.targets.cpu().numpy(), val.mask.cpu().numpy())
+        val_targets, val_mask = val.targets.cpu().numpy(), val.mask.cpu().numpy()
+        params = fit_platt(val_scores, val_targets, val_mask)
+        # the label frequency the calibration was fitted under (zero-shot divides by it)
+        prior = [
+            None if np.isnan(r) else float(r) for r in calibration_prior(val_targets, val_mask)
+        ]
         self.predictor.calibration.copy_(torch.as_tensor(params, dtype=torch.float32))
         metrics = self._evaluate("test")
         self.state.results[method] = metrics
@@ -557,7 +562,7 @@ class Trainer:
                 schema=self.schema,
                 preprocessing=self.preprocessing,
                 config=self.config_dict,
-                extra={"method": method, "metrics": metrics},
+                extra={"method": method, "metrics": metrics, "calibration_prior": prior},
             )
         distributed.barrier()
         if method == "S-CNN":

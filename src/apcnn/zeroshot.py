@@ -13,9 +13,18 @@ signature a^z in {0, 1}^M (a row of the class-attribute matrix A, (C, M)).
                          + (1 − a^z_m)(log(1 − p_m(x)) − log(1 − π_m)) ]
                    − logsumexp over the candidate classes
 
-where p_m(x) = p(a_m = 1 | x) and π_m = p(a_m = 1), the attribute prior, is the mean of column m
-of A over the *training* classes, clipped to [eps, 1 − eps] (an attribute that is always on or
-off in training would otherwise give log 0).
+where p_m(x) = p(a_m = 1 | x) and π_m = p(a_m = 1). Each factor p(a_m | x) / p(a_m) is the
+likelihood ratio p(x | a_m) / p(x) only when π_m is the prior *of the distribution p_m(x) was
+estimated under*. Lampert's attribute classifiers are trained on the training classes' images, so
+his π_m is the mean of column m of A over the *training* classes (:func:`attribute_priors`,
+clipped to [eps, 1 − eps]: an attribute always on or off in training would otherwise give log 0).
+apcnn's default probabilities are Platt posteriors fitted on the validation split; their prior is
+that split's (smoothed) label frequency ρ_m (:func:`apcnn.calibration.calibration_prior`), so DAP
+divides them by ρ_m (:func:`probability_priors`). With π_m instead, every attribute's evidence
+would be off by logit ρ_m − logit π_m (the sampling error of a small validation split, or a real
+difference where classes have unequal image counts); these x-independent terms add up per class,
+Σ_m a^z_m (logit ρ_m − logit π_m), and bias DAP towards some candidate classes. The sigmoid of a
+raw score has no prior of its own; it is divided by π_m.
 
 **IAP** (indirect attribute prediction): attributes are inferred *through the training
 classes*, p(a_m | x) = Σ_k a^{y_k}_m p(y_k | x), then classified with the DAP rule. Lampert
@@ -48,6 +57,7 @@ import numpy as np
 __all__ = [
     "binarize_class_attributes",
     "attribute_priors",
+    "probability_priors",
     "dap_scores",
     "iap_attribute_probabilities",
     "iap_scores",
@@ -99,6 +109,31 @@ def attribute_priors(
     return np.clip(a.mean(axis=0), eps, 1.0 - eps)
 
 
+def probability_priors(class_priors: Any, calibration_prior: Any = None) -> np.ndarray:
+    """(M,) prior of the attribute probabilities fed to DAP: ρ_m where defined, else π_m.
+
+    Args:
+        class_priors: (M,) π_m from :func:`attribute_priors` (the training classes).
+        calibration_prior: (M,) ρ_m = p(a_m = 1) under which the probabilities were calibrated
+            (:func:`apcnn.calibration.calibration_prior`), NaN for attributes without a
+            calibration; None: no calibration at all (e.g. the sigmoid of the raw score).
+
+    DAP then uses p_m(x) / ρ_m = p(x | a_m = 1) / p(x), the likelihood ratio (module docstring).
+    """
+    pi = np.asarray(class_priors, dtype=np.float64).reshape(-1)
+    if calibration_prior is None:
+        return pi.copy()
+    rho = np.asarray(calibration_prior, dtype=np.float64).reshape(-1)
+    if rho.shape != pi.shape:
+        raise ValueError(
+            f"calibration_prior has {rho.shape[0]} attributes, class_priors {pi.shape[0]}"
+        )
+    defined = np.isfinite(rho)
+    if not ((rho[defined] > 0) & (rho[defined] < 1)).all():
+        raise ValueError("calibration_prior must lie strictly inside (0, 1) (or be NaN)")
+    return np.where(defined, rho, pi)
+
+
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     top = np.max(x, axis=axis, keepdims=True)
     return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))
@@ -114,11 +149,14 @@ def dap_scores(
             clipped to [1e-6, 1 − 1e-6].
         class_attributes: (C, M) signatures of the candidate classes (binarised at
             ``threshold`` if continuous).
-        priors: (M,) π_m = p(a_m = 1) in (0, 1), see :func:`attribute_priors`.
+        priors: (M,) p(a_m = 1) in (0, 1), the prior ``attr_probs`` were estimated under:
+            π_m of the training classes (:func:`attribute_priors`) or the calibration
+            split's ρ_m (:func:`probability_priors`).
 
     Formula (see the module docstring)::
 
         s[n, z] = Σ_m a^z_m log(p_nm / π_m) + (1 − a^z_m) log((1 − p_nm) / (1 − π_m))
+                (π = ``priors``)
         out[n, z] = s[n, z] − logsumexp_z' s[n, z']
     """
     p = _as_2d(attr_probs, "attr_probs")
@@ -165,18 +203,21 @@ def iap_scores(
     priors: Any,
     *,
     seen_posteriors: Any = None,
+    input_priors: Any = None,
     threshold: float = 0.5,
 ) -> np.ndarray:
     """IAP log-posteriors (N, C) over the candidate classes.
 
     ``seen_posteriors`` (N, K) p(y_k | x); when None, the DAP posterior over the K seen classes
-    from ``attr_probs`` (the class-posterior-weighted variant, see the module docstring). Then
-    p_IAP(a | x) = seen_posteriors @ A_seen and the DAP rule with ``priors`` over
-    ``class_attributes`` (C, M).
+    from ``attr_probs`` divided by ``input_priors`` (their own prior, default ``priors``;
+    the class-posterior-weighted variant, see the module docstring). Then
+    p_IAP(a | x) = seen_posteriors @ A_seen, whose prior is the training classes' ``priors`` π,
+    and the DAP rule with π over ``class_attributes`` (C, M).
     """
     if seen_posteriors is None:
+        own = priors if input_priors is None else input_priors
         seen_posteriors = np.exp(
-            dap_scores(attr_probs, seen_class_attributes, priors, threshold=threshold)
+            dap_scores(attr_probs, seen_class_attributes, own, threshold=threshold)
         )
     probs = iap_attribute_probabilities(seen_posteriors, seen_class_attributes, threshold=threshold)
     return dap_scores(probs, class_attributes, priors, threshold=threshold)
@@ -261,16 +302,16 @@ def zeroshot_from_checkpoint(
 
     ``probabilities``: the attribute probabilities p(a_m = 1 | x) fed to DAP/IAP:
     ``"calibrated"`` (default): the predictor's Platt calibration, σ(α_m f_m + β_m), fitted on
-    the *seen*-class validation split; ``"sigmoid"``: σ(f_m) of the raw score (for the squared
-    hinge, f = ±1 at the margin), uncalibrated but softer. Platt slopes fitted where attributes
-    are predicted well are over-confident on unseen classes, where attribute accuracy drops, and
-    DAP multiplies M such factors; which input works better is an empirical question per dataset
-    (see tests/test_zeroshot.py for measurements on the synthetic dataset).
+    the *seen*-class validation split and divided by that split's prior ρ_m (module docstring;
+    ρ_m from the checkpoint's ``calibration_prior`` when it has one, else recomputed from the
+    labels of the run's validation split); ``"sigmoid"``: σ(f_m) of the raw score (for the
+    squared hinge, f = ±1 at the margin), uncalibrated, divided by π_m.
 
     Returns :func:`zero_shot_evaluate`'s dict plus ``method``, ``probabilities``, ``dataset``,
-    ``split``,
-    ``checkpoint``, ``zero_shot`` (candidate classes disjoint from the training classes),
-    ``train_classes`` and ``priors``; written to ``json_path`` as JSON when given.
+    ``split``, ``checkpoint``, ``zero_shot`` (candidate classes disjoint from the training
+    classes), ``train_classes``, ``class_priors`` (π, the training classes' attribute
+    frequencies) and ``priors`` (what DAP divides the predictor's probabilities by: ρ where
+    calibrated, else π); written to ``json_path`` as JSON when given.
     """
     import torch
 
@@ -321,7 +362,7 @@ def zeroshot_from_checkpoint(
         raise ValueError(f"dataset {d.name} has no class ids; zero-shot needs class labels")
     A = schema.class_attributes
     names = list(schema.class_names or [str(i) for i in range(A.shape[0])])
-    priors = attribute_priors(A[train_classes], eps=prior_eps, threshold=threshold)
+    class_priors = attribute_priors(A[train_classes], eps=prior_eps, threshold=threshold)
 
     dev = resolve_device(device or cfg.train.device)
     predictor.to(dev)
@@ -338,8 +379,11 @@ def zeroshot_from_checkpoint(
     if probabilities == "calibrated":
         with torch.inference_mode():
             probs = predictor.probabilities(scores.to(dev)).float().cpu().numpy()
+        rho = _checkpoint_calibration_prior(meta, cfg, transform, predictor.calibration)
+        priors = probability_priors(class_priors, rho)
     else:
         probs = torch.sigmoid(scores).numpy()
+        priors = probability_priors(class_priors)
 
     cand_attr = A[candidates]
     if method == "dap":
@@ -360,8 +404,9 @@ def zeroshot_from_checkpoint(
             probs,
             cand_attr,
             A[train_classes],
-            priors,
+            class_priors,
             seen_posteriors=seen_post,
+            input_priors=priors,
             threshold=threshold,
         )
     where = {c: k for k, c in enumerate(candidates)}
@@ -375,6 +420,7 @@ def zeroshot_from_checkpoint(
         checkpoint=str(checkpoint),
         zero_shot=not set(candidates) & set(train_classes),
         train_classes=[names[c] for c in train_classes],
+        class_priors=class_priors.tolist(),
         priors=priors.tolist(),
     )
     if not result["zero_shot"]:
@@ -387,6 +433,32 @@ def zeroshot_from_checkpoint(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _checkpoint_calibration_prior(meta, cfg, transform, calibration) -> np.ndarray:
+    """(M,) ρ_m under which the checkpoint's Platt calibration was fitted (NaN: none fitted).
+
+    Read from the checkpoint's ``calibration_prior`` when stored, else recomputed from the labels
+    of the run's validation split (the split the engine calibrates on; no image is loaded).
+    Attributes whose calibration is the identity (a = 1, c = 0: not fitted) get NaN.
+    """
+    from .calibration import calibration_prior
+
+    stored = meta.get("calibration_prior")
+    if stored is not None:
+        rho = np.asarray([np.nan if v is None else v for v in stored], dtype=np.float64)
+    else:
+        from .engine import build_datasets
+
+        source, idx = build_datasets(cfg, transform)["val"]
+        rho = calibration_prior(np.asarray(source.targets)[idx], np.asarray(source.mask)[idx])
+    params = calibration.detach().cpu().double().numpy()
+    if rho.shape[0] != params.shape[1]:
+        raise ValueError(
+            f"calibration prior has {rho.shape[0]} attributes, the predictor {params.shape[1]}"
+        )
+    rho[(params[0] == 1.0) & (params[1] == 0.0)] = np.nan
+    return rho
 
 
 def _logistic_seen_posteriors(
