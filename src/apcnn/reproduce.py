@@ -6,7 +6,8 @@ hyperparameters are chosen on a validation part of the training folds, never on 
 Five methods per fold:
 
 - **S-extract**: frozen ImageNet features (the pooled backbone output) + one linear L2-SVM per
-  attribute (``apcnn.solvers.fit_independent``; its ridge weight chosen on validation).
+  attribute (``apcnn.solvers.fit_independent``), each attribute with its own ridge weight chosen
+  by 3-fold cross-validation inside the training folds (:func:`per_attribute_ridge`).
 - **M-extract**: the same features + the grouped multi-task layer (``fit_alternating``; mu chosen
   on validation).
 - **S-CNN**, **M-CNN**, **MG-CNN**: the training engine (``apcnn.engine``), fold by fold.
@@ -56,9 +57,11 @@ QUICK_SETTINGS: dict[str, Any] = {
     "mtl.mu_grid": [0.002],
     "mtl.max_outer": 3,
 }
-QUICK_EXTRACT_LAMBDAS = (1e-3,)
+QUICK_EXTRACT_LAMBDAS = (0.3, 3.0)
 QUICK_EXTRACT_MUS = (0.002,)
-EXTRACT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)  # per-sample ridge weights tried for S-extract
+# per-sample ridge weights tried for S-extract, per attribute
+EXTRACT_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+INNER_FOLDS = 3
 EXTRACT_MUS = (0.0005, 0.002, 0.008)  # per-sample group weights tried for M-extract
 METHODS = ("S-extract", "M-extract", "S-CNN", "M-CNN", "MG-CNN")
 
@@ -78,10 +81,48 @@ def _accuracy(scores: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     return float(correct.sum() / max(mask.sum(), 1))
 
 
+def per_attribute_ridge(
+    x: np.ndarray, y: np.ndarray, mask: np.ndarray, lambdas: tuple[float, ...], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Independent squared-hinge SVMs, each attribute with its own ridge weight.
+
+    For every per-sample weight λ in ``lambdas`` the attributes are fitted together
+    (``fit_independent`` is separable over columns, so one call fits all of them) on
+    ``INNER_FOLDS - 1`` inner folds of ``x`` (N, D) and scored on the held-out one; attribute m
+    keeps the λ_m with the most held-out labels right (ties: the larger λ), and is refitted on
+    all of ``x`` with it. Returns (W (D, M), bias (M,), λ (M,)).
+    """
+    from .data.splits import kfold_indices
+    from .solvers import fit_independent
+
+    def fit(rows: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        n = float(mask[rows].sum(axis=0).mean())
+        # a 1e-4 relative KKT tolerance: decisions settle long before that (measured)
+        return fit_independent(x[rows], y[rows], mask[rows], lam * n, bias=True, tol=1e-4)
+
+    correct = np.zeros((len(lambdas), y.shape[1]))
+    for train_rows, held_rows in kfold_indices(len(x), INNER_FOLDS, seed):
+        tr, ho = np.asarray(train_rows), np.asarray(held_rows)
+        for i, lam in enumerate(lambdas):
+            w, b = fit(tr, lam)
+            right = (np.sign(x[ho] @ w + b) == y[ho]) & mask[ho]
+            correct[i] += right.sum(axis=0)
+    # the last maximum: among equally good weights the strongest regularisation
+    best = len(lambdas) - 1 - np.argmax(correct[::-1], axis=0)
+    all_rows = np.arange(len(x))
+    W = np.zeros((x.shape[1], y.shape[1]), dtype=x.dtype)
+    bias = np.zeros(y.shape[1], dtype=x.dtype)
+    for i in np.unique(best):
+        w, b = fit(all_rows, lambdas[i])
+        cols = best == i
+        W[:, cols], bias[cols] = w[:, cols], b[cols]
+    return W, bias, np.asarray(lambdas)[best]
+
+
 def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """S-extract and M-extract on the trainer's cached frozen features (tail ``fc``: pooled)."""
     from .metrics import attribute_metrics
-    from .solvers import fit_alternating, fit_independent
+    from .solvers import fit_alternating
 
     def arrays(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = trainer.splits[split]
@@ -93,16 +134,15 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     xt, xv, xs = xt / scale, xv / scale, xs / scale
     n = float(mt.sum(axis=0).mean())
 
-    chosen: dict[str, Any] = {}
-    best = (-1.0, None, None)
-    for lam in QUICK_EXTRACT_LAMBDAS if quick else EXTRACT_LAMBDAS:
-        w, b = fit_independent(xt, yt, mt, lam * n, bias=True)
-        acc = _accuracy(xv @ w + b, yv, mv)
-        if acc > best[0]:
-            best = (acc, lam, (w, b))
-    chosen["S-extract"] = {"lam": best[1], "val_accuracy": best[0]}
-    w_single, b_single = best[2]
+    # S-extract: the whole training part (train + val) with inner cross-validation per attribute
+    xa, ya, ma = np.concatenate([xt, xv]), np.concatenate([yt, yv]), np.concatenate([mt, mv])
+    lambdas = QUICK_EXTRACT_LAMBDAS if quick else EXTRACT_LAMBDAS
+    w_single, b_single, lam_m = per_attribute_ridge(xa, ya, ma, lambdas, trainer.cfg.train.seed)
+    chosen: dict[str, Any] = {
+        "S-extract": {"lam": dict(zip(trainer.schema.names, lam_m.tolist(), strict=True))}
+    }
     results = {"S-extract": attribute_metrics(xs @ w_single + b_single, ys, ms, trainer.schema)}
+    lam_mtl = float(np.exp(np.log(lam_m).mean()))  # one ridge weight for the shared L
 
     best = (-1.0, None, None)
     m_cfg = trainer.cfg.mtl
@@ -113,7 +153,7 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
             trainer.schema.group_indices,
             mu=mu * n,
             gamma=m_cfg.gamma * n,
-            lam=chosen["S-extract"]["lam"] * n,
+            lam=lam_mtl * n,
             K=trainer.cfg.model.rank,
             mask=mt,
             W0=w_single,
