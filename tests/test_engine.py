@@ -13,32 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _tiny import TINY, tiny_config  # noqa: E402  (tests/ is on sys.path)
 from apcnn.checkpoint import CheckpointError, load_checkpoint
 from apcnn.config import ConfigError, TrainConfig, load_config
-
-TINY = [
-    "data.name=synthetic",
-    "data.image_size=64",
-    "data.num_workers=0",
-    "data.options={num_images: 160}",
-    "model.tail=head",
-    "model.rank=8",
-    "mtl.max_outer=3",
-    "train.batch_size=32",
-    "train.epochs_single=2",
-    "train.epochs_joint=1",
-    "train.rounds=1",
-    "train.methods=[S-CNN, M-CNN, MG-CNN]",
-]
 
 
 @pytest.fixture(autouse=True)
 def _feature_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("APCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def tiny_config(out: Path, *extra: str) -> TrainConfig:
-    return load_config(TrainConfig, None, [*TINY, f"run.out={out}", *extra])
 
 
 def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
@@ -47,8 +29,14 @@ def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
     out = tmp_path / "run"
     result = train(tiny_config(out))
     assert set(result["results"]) == {"S-CNN", "M-CNN", "MG-CNN"}
-    for name in ["config.yaml", "metrics.json", "metrics.jsonl", "train.log", "report.md",
-                 "environment.json"]:
+    for name in [
+        "config.yaml",
+        "metrics.json",
+        "metrics.jsonl",
+        "train.log",
+        "report.md",
+        "environment.json",
+    ]:
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     for method in ["S-CNN", "M-CNN", "MG-CNN"]:
@@ -103,8 +91,11 @@ def test_tampered_checkpoint_is_rejected(tmp_path):
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "apcnn", *args], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "apcnn", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

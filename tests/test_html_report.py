@@ -16,17 +16,11 @@ CHROMIUM = next(
     (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
 )
 
+from _tiny import TINY as _BASE  # noqa: E402
+
 TINY = [
-    "data.name=synthetic",
-    "data.image_size=64",
-    "data.num_workers=0",
-    "data.options={num_images: 160}",
-    "model.tail=head",
-    "model.rank=8",
-    "mtl.max_outer=3",
+    *_BASE,
     "mtl.max_iter=100",
-    "train.batch_size=32",
-    "train.epochs_single=2",
     "train.rounds=0",
     "train.methods=[S-CNN, MG-CNN]",
     "train.device=cpu",

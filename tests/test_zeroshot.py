@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from _tiny import TINY as _BASE  # noqa: E402
 from apcnn.zeroshot import (
     attribute_priors,
     binarize_class_attributes,
@@ -21,12 +22,9 @@ from apcnn.zeroshot import (
 
 # S-CNN only, at the synthetic dataset's native 96 px: 224 seen-class training images, 80 unseen.
 TINY = [
-    "data.name=synthetic",
+    *_BASE,
     "data.image_size=96",
-    "data.num_workers=0",
     "data.options={num_images: 320, image_size: 96}",
-    "model.tail=head",
-    "train.batch_size=32",
     "train.epochs_single=10",
     "train.methods=[S-CNN]",
 ]
