@@ -138,3 +138,32 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())["methods"]
     m_res = json.loads((killed_out / "metrics.json").read_text())["methods"]
     assert m_full == m_res
+
+
+def test_tail_decay_to_init_keeps_tails_near_their_start(tmp_path):
+    """L2-SP: with a strong decay the fc tails stay at their identity start; plain weight
+    decay pulls them towards zero instead."""
+    import torch
+
+    from apcnn.engine import train
+
+    moved = {}
+    for to_init in (False, True):
+        out = tmp_path / f"run-{to_init}"
+        train(
+            tiny_config(
+                out,
+                "model.tail=fc",
+                "train.methods=[S-CNN]",
+                "train.epochs_single=1",
+                "train.weight_decay=0.5",
+                f"train.tail_decay_to_init={str(to_init).lower()}",
+                "train.head_weight_decay=0.0005",
+            )
+        )
+        tensors, _ = load_checkpoint(out / "checkpoints" / "S-CNN")
+        weights = [v for k, v in tensors.items() if k.startswith("cnn.") and v.ndim == 3]
+        assert weights, sorted(tensors)
+        eye = torch.eye(weights[0].shape[-1])
+        moved[to_init] = max(float((w - eye).abs().max()) for w in weights)
+    assert moved[True] < 0.1 * moved[False]

@@ -178,6 +178,11 @@ class TrainLoopConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    #: weight decay of the head (S-CNN's per-attribute w_m); None: ``weight_decay``
+    head_weight_decay: float | None = None
+    #: L2-SP: the tails' weight decay pulls them towards their initial (pretrained / identity)
+    #: values instead of towards zero (Li et al., ICML 2018)
+    tail_decay_to_init: bool = False
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     epochs_single: int = 5  #: S-CNN epochs per attribute network
     epochs_joint: int = 3  #: MG-CNN epochs per round
@@ -199,6 +204,11 @@ class TrainLoopConfig:
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(
+            self.head_weight_decay is None or self.head_weight_decay >= 0,
+            "train.head_weight_decay",
+            "must be >= 0 or null",
+        )
         for name in ("epochs_single", "epochs_joint", "rounds"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")

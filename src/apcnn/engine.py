@@ -236,6 +236,10 @@ class Trainer:
         self.state = TrainState()
         self.optimizer: torch.optim.Optimizer | None = None
         self.step_module: nn.Module | None = None  # what SGD calls: DDP-wrapped under torchrun
+        # the tails' initial values (for train.tail_decay_to_init), taken before any resume
+        self._tail_init: list[torch.Tensor] | None = None
+        if cfg.train.tail_decay_to_init:
+            self._tail_init = [p.detach().clone() for p in self._tail_params()]
         self.plan = self._make_plan()
         if resume:
             self._load_state()
@@ -361,10 +365,11 @@ class Trainer:
         head.S.requires_grad_(False)
 
     def _trainable(self, method: str) -> list[nn.Parameter]:
-        params = [p for p in self.predictor.cnn.parameters() if p.requires_grad]
         head = self.predictor.head
-        params += [head.L, head.bias] if method == "S-CNN" else [head.bias]
-        return params
+        return self._tail_params() + ([head.L, head.bias] if method == "S-CNN" else [head.bias])
+
+    def _tail_params(self) -> list[nn.Parameter]:
+        return [p for p in self.predictor.cnn.parameters() if p.requires_grad]
 
     def _new_optimizer(self, method: str) -> torch.optim.Optimizer:
         t = self.cfg.train
@@ -379,9 +384,22 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
-        return torch.optim.SGD(
-            self._trainable(method), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-        )
+        head_wd = t.weight_decay if t.head_weight_decay is None else t.head_weight_decay
+        tails = self._tail_params()
+        groups = [
+            # with tail_decay_to_init the decay is added to the gradients in _sgd_epoch
+            {"params": tails, "weight_decay": 0.0 if t.tail_decay_to_init else t.weight_decay},
+            {"params": self._trainable(method)[len(tails) :], "weight_decay": head_wd},
+        ]
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+
+    def _decay_tails_to_init(self) -> None:
+        """L2-SP: grad += weight_decay (θ − θ₀) for the tails (θ₀: their initial values)."""
+        assert self._tail_init is not None  # taken in __init__ when the option is on
+        wd = self.cfg.train.weight_decay
+        for p, p0 in zip(self._tail_params(), self._tail_init, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p.detach() - p0, alpha=wd)
 
     def _sgd_epoch(self, method: str, rnd: int, epoch: int) -> None:
         t = self.cfg.train
@@ -418,6 +436,8 @@ class Trainer:
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if t.tail_decay_to_init:
+                self._decay_tails_to_init()
             self.optimizer.step()
             running += float(loss.detach())
         n_steps = step + 1
