@@ -214,17 +214,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.distributed
 @pytest.mark.timeout(900)
 def test_two_processes_train_like_one(tmp_path):
-    """The demo configuration with 1 process and with 2 (torchrun, gloo).
+    """The demo configuration with 1 process and with 2 (torchrun, gloo): final L, S, bias and
+    metrics agree within 1e-5 relative (measured 3e-13).
 
-    SGD under DDP on the same global batches reproduces one process to rounding (measured
-    1.5e-7), and so do the metrics. The alternating L/S solver then amplifies rounding-level
-    differences of the all-reduced sums (its backtracking, restart and stopping tests are
-    discrete), so the multi-task head agrees to about 1e-3 (measured 2.4e-3 on W), not 1e-5.
+    In double precision (``train.precision=float64``): in float32 the SGD part still agrees to
+    rounding (1.5e-7), but the alternating L/S solver amplifies rounding-level differences of
+    the all-reduced sums through its discrete backtracking, restart and stopping tests, to about
+    2e-3 on W (docs/distributed.md).
     """
     runs = {}
     for nproc in (None, 2):
         out = tmp_path / f"run{nproc or 1}"
-        cmd, env = _train(tmp_path, out, nproc=nproc)
+        cmd, env = _train(tmp_path, out, "train.precision=float64", nproc=nproc)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[nproc or 1] = out
@@ -235,17 +236,15 @@ def test_two_processes_train_like_one(tmp_path):
         assert m2[method]["total"] == pytest.approx(m1[method]["total"], rel=1e-5)
         for name, value in m1[method]["per_attribute"].items():
             assert m2[method]["per_attribute"][name] == pytest.approx(value, rel=1e-5)
-    s1, _ = load_checkpoint(one / "checkpoints" / "S-CNN")
-    s2, _ = load_checkpoint(two / "checkpoints" / "S-CNN")
-    for key in s1:
-        if s1[key].is_floating_point() and s1[key].abs().sum() > 0:
-            assert _rel(s1[key], s2[key]) < 1e-5, key
-    g1, _ = load_checkpoint(one / "checkpoints" / "MG-CNN")
-    g2, _ = load_checkpoint(two / "checkpoints" / "MG-CNN")
-    assert _rel(g1["head.L"] @ g1["head.S"], g2["head.L"] @ g2["head.S"]) < 2e-2
+        t1, _ = load_checkpoint(one / "checkpoints" / method)
+        t2, _ = load_checkpoint(two / "checkpoints" / method)
+        for key in ("head.L", "head.S", "head.bias", "calibration"):
+            assert _rel(t1[key], t2[key]) < 1e-5, (method, key)
+        tails = [k for k in t1 if k.startswith("cnn.") and t1[k].is_floating_point()]
+        assert tails and max(_rel(t1[k], t2[k]) for k in tails) < 1e-5
     env = json.loads((two / "environment.json").read_text())
     assert env["world_size"] == 2
-    assert not (two / "train.log").read_text().count("Traceback")
+    assert "Traceback" not in (two / "train.log").read_text()
 
 
 def _rank_pids(parent: int, rank: int) -> list[int]:

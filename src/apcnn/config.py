@@ -174,6 +174,9 @@ class TrainLoopConfig:
     seed: int = 0
     device: str = "auto"  #: "auto", "cpu", "cuda", "cuda:1", ...
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    #: float64: tails, head and solvers in double precision (slow; for reproducibility checks,
+    #: e.g. that N data-parallel processes reproduce one; no autocast)
+    precision: Literal["float32", "float64"] = "float32"
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9

@@ -196,7 +196,10 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cuda" and self.dist.distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.amp = autocast_dtype(cfg.train.amp, self.device)
+        self.dtype = torch.float64 if cfg.train.precision == "float64" else torch.float32
+        self.amp = (
+            None if self.dtype == torch.float64 else autocast_dtype(cfg.train.amp, self.device)
+        )
         backbone, self.backbone_info = create_backbone(
             cfg.model.backbone, weights=cfg.model.weights
         )
@@ -217,6 +220,10 @@ class Trainer:
             )
         head = LatentTaskLayer(cnn.feature_dim, num_latent=m, num_attributes=m)
         self.predictor = AttributePredictor(cnn, head, m).to(self.device)
+        # train.precision applies to what is trained; the frozen trunk (and with it the feature
+        # cache) stays float32
+        self.predictor.cnn.tails.to(self.dtype)
+        self.predictor.head.to(self.dtype)
         self._single_head(self.predictor)
         self.model_meta = {
             "backbone": cfg.model.backbone,
@@ -255,7 +262,7 @@ class Trainer:
             idx = torch.as_tensor(indices, dtype=torch.long)
             splits[name] = SplitData(
                 name=name,
-                inputs=features[id(source)][idx].to(self.device),
+                inputs=features[id(source)][idx].to(self.device, self.dtype),
                 targets=torch.as_tensor(
                     source.targets[indices], dtype=torch.float32, device=self.device
                 ),
@@ -431,7 +438,9 @@ class Trainer:
             # DDP averages gradients over ranks: scale so that they sum to the global batch's
             n_labelled = data.mask[batch.to(self.device)].sum()
             loss = (
-                masked_squared_hinge(scores.float(), data.targets[idx], data.mask[idx], n_labelled)
+                masked_squared_hinge(
+                    scores.to(self.dtype), data.targets[idx], data.mask[idx], n_labelled
+                )
                 * world
             )
             self.optimizer.zero_grad(set_to_none=True)
@@ -485,7 +494,7 @@ class Trainer:
             w0 = (head.L @ head.S).detach()
             self.predictor.head = LatentTaskLayer(
                 head.L.shape[0], num_latent=self.cfg.model.rank, num_attributes=head.S.shape[1]
-            ).to(self.device)
+            ).to(self.device, self.dtype)
             best = None
             for mu in m_cfg.mu_grid or [m_cfg.mu]:
                 candidate = self._fit_mtl(method, mu, x, W0=w0)
@@ -596,7 +605,7 @@ class Trainer:
         m = self.schema.num_attributes
         self.predictor.head = LatentTaskLayer(
             self.predictor.cnn.feature_dim, num_latent=m, num_attributes=m
-        ).to(self.device)
+        ).to(self.device, self.dtype)
         self.predictor.load_state_dict(self._scnn_state())
 
     def _scnn_state(self) -> dict[str, torch.Tensor]:
@@ -614,13 +623,14 @@ class Trainer:
 
     @torch.inference_mode()
     def _tail_features(self, data: SplitData, rows: slice) -> np.ndarray:
-        """X (n, M, D) float32 of ``rows`` from the current tails, in eval mode."""
+        """X (n, M, D) of ``rows`` from the current tails, in eval mode (float32, or float64
+        with ``train.precision=float64``: the solvers then work in that precision)."""
         self.predictor.eval()
         out = []
         for chunk in data.inputs[rows].split(self.cfg.train.batch_size):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 feats = self.predictor.cnn.forward_tails(chunk)
-            out.append(feats.float().cpu())
+            out.append(feats.to(self.dtype).cpu())
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
@@ -693,7 +703,7 @@ class Trainer:
         m, rank = self.schema.num_attributes, int(meta["rank"])
         self.predictor.head = LatentTaskLayer(
             self.predictor.cnn.feature_dim, num_latent=rank, num_attributes=m
-        ).to(self.device)
+        ).to(self.device, self.dtype)
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         self.predictor.load_state_dict(model)
         self.state = TrainState(

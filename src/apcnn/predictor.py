@@ -37,10 +37,14 @@ class AttributePredictor(nn.Module):
         self.register_buffer("calibration", calibration)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cnn(images).float())
+        return self.head(self._to_head(self.cnn(images)))
 
     def forward_from_trunk(self, trunk_features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cnn.forward_tails(trunk_features).float())
+        return self.head(self._to_head(self.cnn.forward_tails(trunk_features)))
+
+    def _to_head(self, features: torch.Tensor) -> torch.Tensor:
+        # features may come out of bf16/fp16 autocast; the head works in its own precision
+        return features.to(self.head.L.dtype)
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(scores * self.calibration[0] + self.calibration[1])
