@@ -62,3 +62,17 @@ def test_per_attribute_ridge_chooses_a_weight_per_attribute():
     for m in range(2):  # each column is the full-data fit at its chosen weight
         w_ref, b_ref = fit_independent(x, y, mask, lam[m] * 120, bias=True, tol=1e-4)
         np.testing.assert_allclose(W[:, m], w_ref[:, m], rtol=1e-5, atol=1e-7)
+
+
+def test_clothing_preset_is_the_reproduce_recipe(tmp_path):
+    from apcnn.config import TrainConfig, config_to_dict, load_config
+    from apcnn.reproduce import fold_config
+
+    root = Path(__file__).resolve().parents[1]
+    preset = load_config(TrainConfig, root / "configs" / "clothing.yaml", [])
+    recipe = config_to_dict(fold_config("DATA", tmp_path, 0, 5, quick=False))
+    preset_dict = config_to_dict(preset)
+    for section in ("model", "mtl", "train"):
+        assert preset_dict[section] == recipe[section], section
+    for key in ("name", "folds", "fold", "split_seed", "image_size"):
+        assert preset_dict["data"][key] == recipe["data"][key], key
