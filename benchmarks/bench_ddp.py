@@ -37,7 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     from apcnn import distributed
     from apcnn.data import create_dataset
     from apcnn.data.transforms import build_transform
-    from apcnn.engine import masked_squared_hinge
+    from apcnn.engine import FromTrunk, masked_squared_hinge
     from apcnn.features import extract_features
     from apcnn.models.backbone import create_backbone
     from apcnn.models.fc_tail import build_attribute_cnn
@@ -79,14 +79,6 @@ def worker(args: argparse.Namespace) -> None:
     feats = torch.randn(n, cnn.feature_dim, device=device)
     y = torch.where(torch.rand(n, M, device=device) > 0.5, 1.0, -1.0)
     mask = torch.ones(n, M, dtype=torch.bool, device=device)
-
-    class FromTrunk(torch.nn.Module):
-        def __init__(self, predictor):
-            super().__init__()
-            self.predictor = predictor
-
-        def forward(self, x):
-            return self.predictor.forward_from_trunk(x)
 
     step_module = FromTrunk(model)
     if info.distributed:

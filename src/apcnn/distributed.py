@@ -188,10 +188,14 @@ class GlobalBatchSampler(torch.utils.data.Sampler[list[int]]):
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         return list(torch.randperm(self.n, generator=gen).split(self.batch_size))
 
+    def local(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch."""
+        start, stop = shard_range(len(batch), self.rank, self.world_size)
+        return batch[start:stop]
+
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
-            start, stop = shard_range(len(batch), self.rank, self.world_size)
-            yield batch[start:stop].tolist()
+            yield self.local(batch).tolist()
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)

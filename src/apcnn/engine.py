@@ -79,7 +79,7 @@ def masked_squared_hinge(
     return per_entry.sum() / count.clamp(min=1)
 
 
-class _FromTrunk(nn.Module):
+class FromTrunk(nn.Module):
     """``predictor.forward_from_trunk`` as a module's forward, for DDP to wrap."""
 
     def __init__(self, predictor: nn.Module) -> None:
@@ -385,7 +385,7 @@ class Trainer:
         head.S.requires_grad_(False)
         # the set of trainable parameters changes between methods and heads are replaced by
         # solves, so the DDP wrapper is rebuilt with every optimizer
-        self.step_module = _FromTrunk(self.predictor)
+        self.step_module = FromTrunk(self.predictor)
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -428,11 +428,11 @@ class Trainer:
         world = self.dist.world_size
         self.predictor.train()
         running, start = 0.0, time.time()
-        for step, (batch, local) in enumerate(zip(sampler.global_batches(), sampler)):
+        for step, batch in enumerate(sampler.global_batches()):
             lr = cosine_lr(t.lr, epoch * steps_per_epoch + step, total, t.schedule)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            idx = torch.as_tensor(local, dtype=torch.long, device=self.device)
+            idx = sampler.local(batch).to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 scores = self.step_module(data.inputs[idx])
             # DDP averages gradients over ranks: scale so that they sum to the global batch's
@@ -660,6 +660,9 @@ class Trainer:
     def _save_state(self) -> None:
         from .checkpoint import flatten_state_dict, save_checkpoint
 
+        if not self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            distributed.barrier()
+            return
         tensors = {
             f"model.{k}": v.detach().cpu().contiguous()
             for k, v in self.predictor.state_dict().items()
@@ -679,8 +682,7 @@ class Trainer:
             "config": self.config_dict,
             "world_size": self.dist.world_size,
         }
-        if self.dist.is_main:  # every rank holds the same state
-            save_checkpoint(self._state_path(), tensors, meta)
+        save_checkpoint(self._state_path(), tensors, meta)
         distributed.barrier()
 
     def _load_state(self) -> None:

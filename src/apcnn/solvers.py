@@ -328,6 +328,12 @@ def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None) 
     return _Data(x, y, m, x.ndim == 2, N, M, x.shape[-1], empty, yc, mf, reduce)
 
 
+def _total_loss(data: _Data, z: Tensor, kind: str) -> Tensor:
+    """``Σ_{labelled i, m} ℓ(y z)`` over the rows of every process (0-dim)."""
+    lo, _ = elementwise(z, data.yc, data.mf, kind)
+    return _sum_samples(data.reduce, [lo.sum().reshape(1)])[0][0]
+
+
 def _matrix(ctx: _Ctx, a: Any, name: str, shape: tuple[int, int], what: str) -> Tensor:
     t = ctx.t(a, name)
     if tuple(t.shape) != shape:
@@ -732,9 +738,7 @@ def _solve_S(data: _Data, L: Tensor, gi: GroupIndex, mu: float, S0: Tensor, b0: 
 def _s_true_objective(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
                       x: list[Tensor]) -> float:
     forward, _ = _s_ops(data, P, len(x) > 1)
-    lo, _ = elementwise(forward(x), data.yc, data.mf, kind)
-    loss_sum = _sum_samples(data.reduce, [lo.sum().reshape(1)])[0]
-    return float(loss_sum.sum() + mu * group_norm(x[0], gi))
+    return float(_total_loss(data, forward(x), kind) + mu * group_norm(x[0], gi))
 
 
 def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list[Tensor],
@@ -1108,10 +1112,8 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     St = _zero_empty([St], data.empty)[0]
 
     def F(L_: Tensor, S_: Tensor, b_: Tensor | None) -> float:
-        lo, _ = elementwise(_scores(data, L_, S_, b_), data.yc, data.mf, loss)
-        loss_sum = _sum_samples(data.reduce, [lo.sum().reshape(1)])[0].sum()
-        return float(loss_sum + mu * group_norm(S_, gi) + gamma * L_.abs().sum()
-                     + lam * frobenius_sq(L_))
+        return float(_total_loss(data, _scores(data, L_, S_, b_), loss)
+                     + mu * group_norm(S_, gi) + gamma * L_.abs().sum() + lam * frobenius_sq(L_))
 
     history = [F(Lt, St, b)]
     infos: list[SolverInfo] = []
