@@ -103,6 +103,10 @@ class DataConfig:
     image_size: int = 224  #: square input side in pixels
     num_workers: int = 2  #: DataLoader worker processes
     skip_bad_images: bool = False  #: skip unreadable images instead of failing
+    #: random crop + horizontal flip of training images; null: on exactly when images go through
+    #: the network during SGD (model.freeze_trunk=false); a frozen trunk's features are cached
+    #: once, so it cannot be augmented
+    augment: bool | None = None
     options: dict[str, Any] = field(default_factory=dict)  #: dataset-specific keyword arguments
 
     def __post_init__(self) -> None:
@@ -124,7 +128,9 @@ class ModelConfig:
     backbone: str = "tf_efficientnet_lite0"  #: timm model name
     weights: str | None = "imagenet"  #: "imagenet", a local weights file, or None (random init)
     tail: str | int = "head"  #: attribute-specific part: "head" or number of trailing blocks
-    freeze_trunk: bool = True  #: keep the shared trunk frozen
+    #: keep the shared trunk frozen (its features cached once); false: fine-tune it end to end
+    #: with the tails (images go through the whole network every epoch: slow on a CPU)
+    freeze_trunk: bool = True
     rank: int = 64  #: K, number of latent tasks (columns of L)
     bias: bool = True  #: per-attribute bias next to x^T L s_m
 
@@ -186,6 +192,9 @@ class TrainLoopConfig:
     #: L2-SP: the tails' weight decay pulls them towards their initial (pretrained / identity)
     #: values instead of towards zero (Li et al., ICML 2018)
     tail_decay_to_init: bool = False
+    #: with model.freeze_trunk=false: the trunk's learning rate is lr times this (pretrained
+    #: layers move slowly; 0 keeps them fixed but still updates their batch-norm statistics)
+    trunk_lr_scale: float = 0.1
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     epochs_single: int = 5  #: S-CNN epochs per attribute network
     epochs_joint: int = 3  #: MG-CNN epochs per round
@@ -216,6 +225,7 @@ class TrainLoopConfig:
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.trunk_lr_scale >= 0, "train.trunk_lr_scale", "must be >= 0")
         _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
         _check(len(self.methods) > 0, "train.methods", "must name at least one method")
 
@@ -237,6 +247,14 @@ class TrainConfig:
     mtl: MTLConfig = field(default_factory=MTLConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            not (self.data.augment and self.model.freeze_trunk),
+            "data.augment",
+            "true needs model.freeze_trunk=false (a frozen trunk's features are computed once "
+            "and cached, so training images cannot be augmented); set data.augment=false",
+        )
 
 
 def check_data_root(cfg: TrainConfig) -> None:

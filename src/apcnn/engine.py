@@ -9,6 +9,9 @@
    new features. **M-CNN** is the same with all attributes in one group.
 
 The frozen trunk's output is computed once per dataset and cached on disk; the tails train on it.
+With ``model.freeze_trunk=false`` the images go through the whole network instead (trunk at
+``train.lr * train.trunk_lr_scale``, training images randomly cropped and flipped), every epoch and
+every solve: the paper's end-to-end fine-tuning, meant for GPUs.
 Every phase is a list of steps (an SGD epoch, a solver call, an evaluation); after each step the
 whole training state goes into an atomic checkpoint, so ``--resume`` continues at the next step and
 ends with exactly the result of an uninterrupted run (batch order and learning rate are pure
@@ -90,6 +93,16 @@ class FromTrunk(nn.Module):
         return self.predictor.forward_from_trunk(trunk_features)
 
 
+class FromImages(FromTrunk):
+    """The whole predictor on images, trunk included (trainable trunk), for DDP to wrap. The trunk
+    stays float32; its output goes to the tails in their precision."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        trunk = self.predictor.cnn.forward_trunk(images)
+        dtype = next(self.predictor.cnn.tails.parameters()).dtype
+        return self.predictor.forward_from_trunk(trunk.to(dtype))
+
+
 def cosine_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
     if schedule == "constant" or total <= 1:
         return base_lr
@@ -105,16 +118,18 @@ def cache_root() -> Path:
 # ------------------------------------------------------------------------------ splits
 @dataclass
 class SplitData:
-    """A split's cached trunk features and its labels, all in dataset order."""
+    """A split's cached trunk features (or, with a trainable trunk, its images) and its labels,
+    all in dataset order."""
 
     name: str
-    inputs: torch.Tensor  # (N, C, h, w) trunk features
+    inputs: torch.Tensor | None  # (N, C, h, w) trunk features; None with a trainable trunk
     targets: torch.Tensor  # (N, M) in {-1, +1}, 0 where missing
     mask: torch.Tensor  # (N, M) bool
     indices: np.ndarray  # (N,) positions in the dataset the split came from
+    images: Any = None  # with a trainable trunk: the split as a dataset (eval transform)
 
     def __len__(self) -> int:
-        return self.inputs.shape[0]
+        return len(self.indices)
 
 
 def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]]:
@@ -205,22 +220,21 @@ class Trainer:
         )
         info = self.backbone_info
         self.transform = build_transform(cfg.data.image_size, info.mean, info.std, train=False)
+        # a trainable trunk sees images every epoch (augmented unless data.augment=false)
+        self.trainable_trunk = not cfg.model.freeze_trunk
+        augment = self.trainable_trunk if cfg.data.augment is None else cfg.data.augment
+        self.train_transform = build_transform(
+            cfg.data.image_size, info.mean, info.std, train=augment
+        )
         self.datasets = build_datasets(cfg, self.transform)
         self.schema: AttributeSchema = self.datasets["train"][0].schema
         m = self.schema.num_attributes
         cnn = build_attribute_cnn(
             backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
         )
-        if not cfg.model.freeze_trunk:
-            from .config import ConfigError
-
-            raise ConfigError(
-                "model.freeze_trunk=false is not supported by the CPU training engine yet; "
-                "use model.tail=all for complete per-attribute CNNs (their trunk is empty)"
-            )
         head = LatentTaskLayer(cnn.feature_dim, num_latent=m, num_attributes=m)
         self.predictor = AttributePredictor(cnn, head, m).to(self.device)
-        # train.precision applies to what is trained; the frozen trunk (and with it the feature
+        # train.precision applies to the tails and the head; the trunk (and with it the feature
         # cache) stays float32
         self.predictor.cnn.tails.to(self.dtype)
         self.predictor.head.to(self.dtype)
@@ -253,16 +267,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _cache_splits(self) -> dict[str, SplitData]:
-        """Trunk features of every split, computed once per source dataset and cached on disk."""
+        """Trunk features of every split, computed once per source dataset and cached on disk
+        (a trainable trunk keeps the splits as datasets of images instead)."""
         features: dict[int, torch.Tensor] = {}
         splits = {}
         for name, (source, indices) in self.datasets.items():
-            if id(source) not in features:
-                features[id(source)] = self._trunk_features(source)
-            idx = torch.as_tensor(indices, dtype=torch.long)
+            inputs, images = None, None
+            if self.trainable_trunk:
+                images = source.subset(indices)
+            else:
+                if id(source) not in features:
+                    features[id(source)] = self._trunk_features(source)
+                idx = torch.as_tensor(indices, dtype=torch.long)
+                inputs = features[id(source)][idx].to(self.device, self.dtype)
             splits[name] = SplitData(
                 name=name,
-                inputs=features[id(source)][idx].to(self.device, self.dtype),
+                inputs=inputs,
+                images=images,
                 targets=torch.as_tensor(
                     source.targets[indices], dtype=torch.float32, device=self.device
                 ),
@@ -270,6 +291,42 @@ class Trainer:
                 indices=np.asarray(indices),
             )
         return splits
+
+    def _loader(self, dataset: Any, **kwargs: Any) -> Any:
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, num_workers=self.cfg.data.num_workers, **kwargs)
+
+    def _trunk_batches(self, data: SplitData, rows: slice) -> Any:
+        """Trunk features of ``rows`` of a split, in order, batch by batch: slices of the cache,
+        or (trainable trunk) the current trunk on the split's images, un-augmented. Call in
+        inference mode with the predictor in eval mode."""
+        size = self.cfg.train.batch_size
+        if data.inputs is not None:
+            yield from data.inputs[rows].split(size)
+            return
+        part = data.images.subset(np.arange(len(data))[rows])
+        for batch in self._loader(part, batch_size=size, shuffle=False):
+            images = batch["image"].to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                trunk = self.predictor.cnn.forward_trunk(images)
+            yield trunk.to(self.dtype)
+
+    def _augmented_batches(self, data: SplitData, batches: list[torch.Tensor], seed: int) -> Any:
+        """Training images of the given lists of split rows, augmented by ``train_transform``
+        with random draws that are a pure function of ``seed`` (exact resume)."""
+        train_set = copy.copy(data.images)
+        train_set.transform = self.train_transform
+        todo = [b.tolist() for b in batches if len(b)]
+        generator = torch.Generator().manual_seed(seed)
+        loader = iter(self._loader(train_set, batch_sampler=todo, generator=generator))
+        shape = (0, 3, self.cfg.data.image_size, self.cfg.data.image_size)
+        # without workers the transforms draw from the global generator: seed it, and give the
+        # caller's random state back afterwards
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for b in batches:
+                yield next(loader)["image"] if len(b) else torch.zeros(shape)
 
     def _trunk_features(self, dataset: Any) -> torch.Tensor:
         from .features import FeatureCache, extract_features
@@ -376,7 +433,12 @@ class Trainer:
         return self._tail_params() + ([head.L, head.bias] if method == "S-CNN" else [head.bias])
 
     def _tail_params(self) -> list[nn.Parameter]:
+        """The trainable CNN parameters: the tails, and the trunk when it is trainable."""
         return [p for p in self.predictor.cnn.parameters() if p.requires_grad]
+
+    def _trunk_param_ids(self) -> set[int]:
+        trunk = getattr(self.predictor.cnn, "trunk", None)
+        return set() if trunk is None else {id(p) for p in trunk.parameters()}
 
     def _new_optimizer(self, method: str) -> torch.optim.Optimizer:
         t = self.cfg.train
@@ -385,19 +447,26 @@ class Trainer:
         head.S.requires_grad_(False)
         # the set of trainable parameters changes between methods and heads are replaced by
         # solves, so the DDP wrapper is rebuilt with every optimizer
-        self.step_module = FromTrunk(self.predictor)
+        self.step_module = (FromImages if self.trainable_trunk else FromTrunk)(self.predictor)
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
         head_wd = t.weight_decay if t.head_weight_decay is None else t.head_weight_decay
-        tails = self._tail_params()
+        cnn_params = self._tail_params()
+        in_trunk = self._trunk_param_ids()
+        # with tail_decay_to_init the decay is added to the gradients in _sgd_epoch
+        cnn_wd = 0.0 if t.tail_decay_to_init else t.weight_decay
         groups = [
-            # with tail_decay_to_init the decay is added to the gradients in _sgd_epoch
-            {"params": tails, "weight_decay": 0.0 if t.tail_decay_to_init else t.weight_decay},
-            {"params": self._trainable(method)[len(tails) :], "weight_decay": head_wd},
+            {"params": [p for p in cnn_params if id(p) not in in_trunk], "weight_decay": cnn_wd},
+            {"params": self._trainable(method)[len(cnn_params) :], "weight_decay": head_wd},
         ]
+        trunk = [p for p in cnn_params if id(p) in in_trunk]
+        if trunk:  # trainable trunk: a slower learning rate (lr_scale, applied in _sgd_epoch)
+            groups.append(
+                {"params": trunk, "weight_decay": cnn_wd, "lr_scale": t.trunk_lr_scale}
+            )
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
 
     def _decay_tails_to_init(self) -> None:
@@ -426,15 +495,24 @@ class Trainer:
         )
         sampler.set_epoch(epoch)
         world = self.dist.world_size
+        global_batches = list(sampler.global_batches())
+        images = None
+        if data.inputs is None:  # trainable trunk: (augmented) images, loaded in the background
+            images = self._augmented_batches(
+                data,
+                [sampler.local(b) for b in global_batches],
+                seed=hash_seed(t.seed, method, rnd, epoch) + self.dist.rank,
+            )
         self.predictor.train()
         running, start = 0.0, time.time()
-        for step, batch in enumerate(sampler.global_batches()):
+        for step, batch in enumerate(global_batches):
             lr = cosine_lr(t.lr, epoch * steps_per_epoch + step, total, t.schedule)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             idx = sampler.local(batch).to(self.device)
+            inputs = data.inputs[idx] if images is None else next(images).to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                scores = self.step_module(data.inputs[idx])
+                scores = self.step_module(inputs)
             # DDP averages gradients over ranks: scale so that they sum to the global batch's
             n_labelled = data.mask[batch.to(self.device)].sum()
             loss = (
@@ -449,6 +527,8 @@ class Trainer:
                 self._decay_tails_to_init()
             self.optimizer.step()
             running += float(loss.detach())
+        if images is not None:
+            images.close()  # leaves its fork_rng block now: the global random state comes back
         n_steps = step + 1
         running = float(distributed.all_reduce_sum(torch.tensor([running]))) / world
         val = self._evaluate("val")
@@ -627,7 +707,7 @@ class Trainer:
         with ``train.precision=float64``: the solvers then work in that precision)."""
         self.predictor.eval()
         out = []
-        for chunk in data.inputs[rows].split(self.cfg.train.batch_size):
+        for chunk in self._trunk_batches(data, rows):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 feats = self.predictor.cnn.forward_tails(chunk)
             out.append(feats.to(self.dtype).cpu())
@@ -640,7 +720,7 @@ class Trainer:
         data = self.splits[split]
         m = self.schema.num_attributes
         out = [torch.zeros(0, m)]
-        for chunk in data.inputs[self._my_rows(data)].split(self.cfg.train.batch_size):
+        for chunk in self._trunk_batches(data, self._my_rows(data)):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 out.append(self.predictor.forward_from_trunk(chunk).float().cpu())
         return distributed.gather_rows(torch.cat(out), len(data)).numpy()
