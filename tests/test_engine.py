@@ -167,3 +167,50 @@ def test_tail_decay_to_init_keeps_tails_near_their_start(tmp_path):
         eye = torch.eye(weights[0].shape[-1])
         moved[to_init] = max(float((w - eye).abs().max()) for w in weights)
     assert moved[True] < 0.1 * moved[False]
+
+
+def test_task_weights_are_checked_and_weight_the_sgd_loss(tmp_path):
+    import torch
+
+    from apcnn.engine import masked_squared_hinge, train
+
+    with pytest.raises(ConfigError, match="mtl.task_weights.*3 values"):
+        train(tiny_config(tmp_path / "run", "mtl.task_weights=[1, 2, 3]"))
+    with pytest.raises(ConfigError, match="mtl.task_weights"):
+        load_config(TrainConfig, None, ["mtl.task_weights=[1, 0]"])
+    scores = torch.tensor([[0.0, 2.0], [0.5, -1.0]])
+    y = torch.tensor([[1.0, -1.0], [1.0, -1.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    c = torch.tensor([2.0, 3.0])
+    # entries: 0.5*1, 0.5*9 (x3), 0.5*0.25 (x2 for the first column); 3 labelled
+    want = (2 * 0.5 + 3 * 4.5 + 2 * 0.125) / 3
+    assert float(masked_squared_hinge(scores, y, mask, task_weights=c)) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_returns_to_the_best_validated_round(tmp_path, monkeypatch, keep_best):
+    """With validation accuracies 0.9 / 0.5 for rounds 0 / 1, MG-CNN ends with round 0's model
+    (keep_best) or with the last one (keep_best=false)."""
+    import torch
+
+    from apcnn.engine import Trainer, train
+
+    heads = {}
+    original = Trainer._keep_if_best
+
+    def fake_val(self, method, rnd, val):
+        heads[(method, rnd)] = self.predictor.head.L.detach().clone()
+        original(self, method, rnd, {0: 0.9, 1: 0.5}[rnd])
+
+    monkeypatch.setattr(Trainer, "_keep_if_best", fake_val)
+    out = tmp_path / "run"
+    result = train(tiny_config(out, "train.methods=[S-CNN, MG-CNN]",
+                               f"train.keep_best={str(keep_best).lower()}"))
+    final, _ = load_checkpoint(out / "checkpoints" / "MG-CNN")
+    if keep_best:
+        assert result["chosen"]["MG-CNN"]["best_round"] == 0
+        assert torch.equal(final["head.L"], heads[("MG-CNN", 0)])
+        assert not torch.equal(final["head.L"], heads[("MG-CNN", 1)])
+    else:
+        assert ("MG-CNN", 0) not in heads
+    assert not (out / "checkpoints" / "MG-CNN.best").exists()

@@ -31,34 +31,35 @@ def _projections(X, L):
     return X @ L if X.ndim == 2 else np.einsum("nmd,dk->nmk", X, L)
 
 
-def _cvx_loss(X, Y, mask, lin, b):
-    """Σ_m ½‖(1 − y z_m)_+‖² over labelled rows; ``lin(Xm, m)`` gives the affine scores."""
+def _cvx_loss(X, Y, mask, lin, b, weights=None):
+    """Σ_m c_m ½‖(1 − y z_m)_+‖² over labelled rows; ``lin(Xm, m)`` gives the affine scores."""
     total = 0
+    c = np.ones(Y.shape[1]) if weights is None else weights
     for m in range(Y.shape[1]):
         idx = mask[:, m]
         if not idx.any():
             continue
         Xm = X[idx] if X.ndim == 2 else X[idx, m]
         z = lin(Xm, m) + (b[m] if b is not None else 0)
-        total += 0.5 * cp.sum_squares(cp.pos(1 - cp.multiply(Y[idx, m], z)))
+        total += 0.5 * c[m] * cp.sum_squares(cp.pos(1 - cp.multiply(Y[idx, m], z)))
     return total
 
 
-def cvx_S(X, Y, mask, L, groups, mu, bias):
+def cvx_S(X, Y, mask, L, groups, mu, bias, weights=None):
     P = _projections(X, L)
     S = cp.Variable((L.shape[1], Y.shape[1]))
     b = cp.Variable(Y.shape[1]) if bias else None
-    loss = _cvx_loss(P, Y, mask, lambda Pm, m: Pm @ S[:, m], b)
+    loss = _cvx_loss(P, Y, mask, lambda Pm, m: Pm @ S[:, m], b, weights)
     pen = sum(cp.norm(S[k, g], 2) for k in range(L.shape[1]) for g in groups)
     prob = cp.Problem(cp.Minimize(loss + mu * pen))
     prob.solve(solver="CLARABEL")
     return prob.value
 
 
-def cvx_L(X, Y, mask, S, gamma, lam, bias):
+def cvx_L(X, Y, mask, S, gamma, lam, bias, weights=None):
     Lv = cp.Variable((X.shape[-1], S.shape[0]))
     b = cp.Variable(Y.shape[1]) if bias else None
-    loss = _cvx_loss(X, Y, mask, lambda Xm, m: Xm @ (Lv @ S[:, m]), b)
+    loss = _cvx_loss(X, Y, mask, lambda Xm, m: Xm @ (Lv @ S[:, m]), b, weights)
     prob = cp.Problem(cp.Minimize(loss + gamma * cp.sum(cp.abs(Lv)) + lam * cp.sum_squares(Lv)))
     prob.solve(solver="CLARABEL")
     return prob.value
@@ -87,6 +88,55 @@ def test_fit_combination_matches_cvxpy_and_certificate(shared, bias):
     assert sv.optimality_gap_S(X, Y, L, S, GROUPS, mu, mask, bias=b) <= 1e-5
     norms = np.array([[np.linalg.norm(S[k, g]) for g in GROUPS] for k in range(K)])
     assert (norms == 0).any() and (norms > 0).any()  # sparse but nontrivial
+
+
+TASK_WEIGHTS = np.array([0.2, 1.0, 3.0, 0.5, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_task_weights_match_cvxpy_in_both_steps(shared):
+    """Σ_m c_m loss_m: both sub-solvers reach CLARABEL's optimum of the weighted problem and
+    satisfy the weighted KKT conditions; the weights change the solution."""
+    X, Y, mask, L, S = make_problem(shared, seed=3)
+    c = TASK_WEIGHTS
+    mu = 0.3 * _mu_max(X, Y, mask, L, GROUPS)
+    S_w, b_w = sv.fit_combination(X, Y, L, GROUPS, mu, mask, bias=True, task_weights=c)
+    ours = sv.objective(X, Y, L, S_w, GROUPS, mu, 0.0, 0.0, mask, bias=b_w, task_weights=c)
+    assert ours <= cvx_S(X, Y, mask, L, GROUPS, mu, True, c) * (1 + 1e-6)
+    assert sv.optimality_gap_S(X, Y, L, S_w, GROUPS, mu, mask, bias=b_w, task_weights=c) <= 1e-5
+    S_1 = sv.fit_combination(X, Y, L, GROUPS, mu, mask)
+    assert np.abs(S_w - S_1).max() > 1e-2
+
+    gamma, lam = 4.0, 0.5
+    L_w = sv.fit_latent(X, Y, S, gamma, lam, mask, task_weights=c)
+    ours = sv.objective(X, Y, L_w, S, GROUPS, 0.0, gamma, lam, mask, task_weights=c)
+    assert ours <= cvx_L(X, Y, mask, S, gamma, lam, False, c) * (1 + 1e-6)
+    assert sv.optimality_gap_L(X, Y, L_w, S, gamma, lam, mask, task_weights=c) <= 1e-5
+
+
+def test_task_weight_equals_dividing_the_ridge_weight():
+    """For independent attributes, c_m × loss + λ‖w‖² has the minimiser of loss + (λ/c_m)‖w‖²."""
+    X, Y, mask, _, _ = make_problem(False, seed=4)
+    lam = 2.0
+    W_w, b_w = sv.fit_independent(X, Y, mask, lam, bias=True, tol=1e-10, task_weights=TASK_WEIGHTS)
+    for m, c in enumerate(TASK_WEIGHTS):
+        W_m, b_m = sv.fit_independent(X, Y, mask, lam / c, bias=True, tol=1e-10)
+        np.testing.assert_allclose(W_w[:, m], W_m[:, m], atol=1e-6)
+        np.testing.assert_allclose(b_w[m], b_m[m], atol=1e-6)
+
+
+def test_alternating_with_task_weights_is_monotone_and_weighted():
+    X, Y, mask, _, _ = make_problem(False, seed=5)
+    kw = dict(mu=0.5, gamma=0.01, lam=0.5, K=K, mask=mask, bias=True, max_outer=8, tol=1e-7)
+    res = sv.fit_alternating(X, Y, GROUPS, task_weights=TASK_WEIGHTS, **kw)
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(res.history, res.history[1:]))
+    final = sv.objective(X, Y, res.L, res.S, GROUPS, 0.5, 0.01, 0.5, mask, bias=res.bias,
+                         task_weights=TASK_WEIGHTS)
+    assert final == pytest.approx(res.history[-1], rel=1e-9)
+    with pytest.raises(ValueError, match="task_weights"):
+        sv.fit_alternating(X, Y, GROUPS, task_weights=np.ones(M + 1), **kw)
+    with pytest.raises(ValueError, match="task_weights"):
+        sv.fit_alternating(X, Y, GROUPS, task_weights=np.r_[0.0, np.ones(M - 1)], **kw)
 
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -164,6 +164,10 @@ class MTLConfig:
     #: if not empty: mu values tried at the first solve of each method, the best on the
     #: validation split is kept (and recorded); mu above is then ignored
     mu_grid: list[float] = field(default_factory=list)
+    #: per-attribute loss weights c_m (one per attribute, > 0) in the solvers and the SGD loss:
+    #: attribute m's regularisation acts as if divided by c_m (beyond eq. 2; `apcnn reproduce`
+    #: sets them from the per-attribute ridge weights chosen by cross-validation); null: all 1
+    task_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("mu", "gamma", "lam"):
@@ -171,6 +175,11 @@ class MTLConfig:
         _check(self.tol > 0, "mtl.tol", "must be > 0")
         _check(self.max_outer >= 1, "mtl.max_outer", "must be >= 1")
         _check(self.max_iter >= 1, "mtl.max_iter", "must be >= 1")
+        _check(
+            self.task_weights is None or all(w > 0 for w in self.task_weights),
+            "mtl.task_weights",
+            "must be null or a list of positive numbers, one per attribute",
+        )
 
 
 @dataclass
@@ -201,6 +210,10 @@ class TrainLoopConfig:
     rounds: int = 2  #: alternations between the MTL solver and SGD
     checkpoint_every: int = 1  #: epochs between checkpoints
     calibrate: bool = True  #: fit per-attribute probability calibration on validation scores
+    #: M-CNN / MG-CNN end with the model of the round (the state after a solve) with the best
+    #: validation accuracy, not necessarily the last: re-solving on features that SGD has just
+    #: fitted to the training images can overfit
+    keep_best: bool = True
     log_every: int = 10  #: steps between log lines
     #: seconds a collective may wait under torchrun before the job fails (dead or stuck rank)
     dist_timeout: float = 300.0

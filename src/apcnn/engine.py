@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,10 @@ def masked_squared_hinge(
     y: torch.Tensor,
     mask: torch.Tensor,
     n_labelled: torch.Tensor | None = None,
+    task_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Σ_{labelled} 1/2 max(0, 1 - y f)^2 / n_labelled. scores, y, mask: (B, M).
+    """Σ_{labelled} c_m 1/2 max(0, 1 - y f)^2 / n_labelled. scores, y, mask: (B, M); c: (M,)
+    ``task_weights`` (default 1).
 
     ``n_labelled`` defaults to ``mask.sum()`` (the mean over this batch's labelled entries); a
     data-parallel rank passes the count of its whole global batch instead, so that the ranks'
@@ -78,6 +81,8 @@ def masked_squared_hinge(
     """
     margin = torch.clamp(1.0 - y * scores, min=0.0)
     per_entry = 0.5 * margin.square() * mask
+    if task_weights is not None:
+        per_entry = per_entry * task_weights
     count = mask.sum() if n_labelled is None else n_labelled
     return per_entry.sum() / count.clamp(min=1)
 
@@ -228,6 +233,7 @@ class Trainer:
         )
         self.datasets = build_datasets(cfg, self.transform)
         self.schema: AttributeSchema = self.datasets["train"][0].schema
+        self._task_weights()  # a wrong length fails here, not mid-run
         m = self.schema.num_attributes
         cnn = build_attribute_cnn(
             backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
@@ -432,6 +438,30 @@ class Trainer:
         head = self.predictor.head
         return self._tail_params() + ([head.L, head.bias] if method == "S-CNN" else [head.bias])
 
+    def set_task_weights(self, weights: list[float] | None) -> None:
+        """Set ``mtl.task_weights`` after construction (``apcnn reproduce`` derives them from
+        the frozen features); the config stored in checkpoints follows."""
+        from .config import config_to_dict
+
+        self.cfg.mtl.task_weights = None if weights is None else [float(w) for w in weights]
+        self._task_weights()
+        self.config_dict = config_to_dict(self.cfg)
+
+    def _task_weights(self) -> torch.Tensor | None:
+        """``mtl.task_weights`` as an (M,) tensor (None: all 1), checked against the schema."""
+        weights = self.cfg.mtl.task_weights
+        if weights is None:
+            return None
+        m = self.schema.num_attributes
+        if len(weights) != m:
+            from .config import ConfigError
+
+            raise ConfigError(
+                f"'mtl.task_weights' has {len(weights)} values; the dataset has {m} attributes "
+                f"({', '.join(self.schema.names[:5])}{', ...' if m > 5 else ''})"
+            )
+        return torch.as_tensor(weights, dtype=self.dtype, device=self.device)
+
     def _tail_params(self) -> list[nn.Parameter]:
         """The trainable CNN parameters: the tails, and the trunk when it is trainable."""
         return [p for p in self.predictor.cnn.parameters() if p.requires_grad]
@@ -517,7 +547,11 @@ class Trainer:
             n_labelled = data.mask[batch.to(self.device)].sum()
             loss = (
                 masked_squared_hinge(
-                    scores.to(self.dtype), data.targets[idx], data.mask[idx], n_labelled
+                    scores.to(self.dtype),
+                    data.targets[idx],
+                    data.mask[idx],
+                    n_labelled,
+                    self._task_weights(),
                 )
                 * world
             )
@@ -586,6 +620,8 @@ class Trainer:
             val, mu, result = best
             self.state.chosen[method] = {"mu": mu, "val_accuracy": val}
         self.predictor.head.load_solution(result.L, result.S, result.bias)
+        if self.cfg.train.keep_best:
+            self._keep_if_best(method, rnd, val if not warm else None)
         if self.cfg.train.dist_debug:
             for name in ("L", "S", "bias"):
                 distributed.assert_same_on_all_ranks(
@@ -645,11 +681,55 @@ class Trainer:
             max_iter=m_cfg.max_iter,
             inner_tol=m_cfg.inner_tol,
             sample_reduce=distributed.all_reduce_sum if self.dist.distributed else None,
+            task_weights=None if (c := self._task_weights()) is None else c.cpu().numpy(),
         )
+
+    def _best_path(self, method: str) -> Path:
+        return self.run.path / "checkpoints" / f"{method}.best"
+
+    def _keep_if_best(self, method: str, rnd: int, val: float | None) -> None:
+        """After a solve: if this round's model has the best validation accuracy of the method so
+        far, store it (``checkpoints/<method>.best``) for :meth:`_finish` to return to."""
+        from .checkpoint import save_checkpoint
+
+        if val is None:
+            val = self._evaluate("val")["accuracy"]["total"]
+        record = self.state.chosen.setdefault(method, {})
+        self.log.info("%s round %d: validation accuracy %.2f%%", method, rnd, 100 * val)
+        if "best_round" in record and val <= record["best_val_accuracy"]:
+            return
+        record.update(best_round=rnd, best_val_accuracy=val)
+        tensors = {k: v.detach().cpu().clone() for k, v in self.predictor.state_dict().items()}
+        self._best_snapshot = tensors  # every rank; the file is for --resume
+        if self.dist.is_main:
+            save_checkpoint(self._best_path(method), tensors, {"round": rnd, "val_accuracy": val})
+        distributed.barrier()
+
+    def _return_to_best(self, method: str) -> None:
+        from .checkpoint import load_checkpoint
+
+        record = self.state.chosen.get(method, {})
+        if "best_round" not in record:
+            return
+        last = max(r for m, kind, r, _ in self.plan if m == method and kind == "solve")
+        if record["best_round"] != last:
+            tensors = getattr(self, "_best_snapshot", None)
+            if tensors is None:  # resumed after the best round
+                tensors, _ = load_checkpoint(self._best_path(method))
+            self.predictor.load_state_dict(tensors)
+            self.log.info(
+                "%s: back to round %d (best validation accuracy %.2f%%)",
+                method,
+                record["best_round"],
+                100 * record["best_val_accuracy"],
+            )
 
     def _finish(self, method: str) -> None:
         from .calibration import calibration_prior, fit_platt
         from .predictor import save_predictor
+
+        if self.cfg.train.keep_best:
+            self._return_to_best(method)
 
         val_scores = self._scores("val")
         val = self.splits["val"]
@@ -674,6 +754,9 @@ class Trainer:
                 extra={"method": method, "metrics": metrics, "calibration_prior": prior},
             )
         distributed.barrier()
+        self._best_snapshot = None
+        if self.dist.is_main:  # the method's final predictor replaces its best-round snapshot
+            shutil.rmtree(self._best_path(method), ignore_errors=True)
         if method == "S-CNN":
             self._scnn_snapshot = copy.deepcopy(self.predictor.state_dict())
         self.log.info("%s test accuracy %.2f%%", method, 100 * metrics["accuracy"]["total"])
@@ -864,8 +947,6 @@ def _train(cfg: Any, dist: Any, *, resume: bool, overwrite: bool) -> dict[str, A
                 "--out DIR for a new one"
             )
         if dist.is_main:
-            import shutil
-
             for name in ("checkpoints", "metrics.jsonl", "metrics.json", "train.log"):
                 target = Path(cfg.run.out) / name
                 if target.is_dir():
@@ -885,6 +966,7 @@ def _train(cfg: Any, dist: Any, *, resume: bool, overwrite: bool) -> dict[str, A
         out = {
             "results": results,
             "histories": trainer.state.histories,
+            "chosen": trainer.state.chosen,
             "schema": trainer.schema,
             "S": head.S.detach().cpu().numpy(),
             "W": (head.L @ head.S).detach().cpu().numpy(),
@@ -911,6 +993,7 @@ def write_run_outputs(run: Any, cfg: Any, out: dict[str, Any]) -> None:
             "seed": cfg.train.seed,
         },
         "methods": methods,
+        "chosen_hyperparameters": out.get("chosen", {}),
         "seconds": out["seconds"],
     }
     run.save_json("metrics.json", results)

@@ -6,7 +6,9 @@ Every function takes
 * ``Y``: ``(N, M)`` labels in ``{-1, +1}`` (entries where ``mask`` is False may hold anything,
   NaN included: they are never read);
 * ``mask``: ``(N, M)`` bool (True = labelled) or ``None`` (everything labelled); or the float
-  0/1 mask of :func:`prepare_labels` together with its cleaned labels.
+  0/1 mask of :func:`prepare_labels` together with its cleaned labels; such a float mask may
+  also hold non-negative weights (each entry's loss, derivative and Bregman term is multiplied by
+  its weight: the solvers' ``task_weights``).
 
 With the margin ``z = y f`` the losses are
 
@@ -83,8 +85,10 @@ def elementwise(
     y, m = _prepare(scores, Y, mask)
     z = y * scores
     if kind == "squared_hinge":
-        rm = torch.clamp(1.0 - z, min=0.0) * m
-        return 0.5 * rm * rm, -y * rm
+        # linear in m, so a weighted mask (solvers' task_weights) weights the loss
+        r = torch.clamp(1.0 - z, min=0.0)
+        rm = r * m
+        return 0.5 * rm * r, -y * rm
     if kind == "hinge":
         r = 1.0 - z
         return torch.clamp(r, min=0.0) * m, -y * (r > 0).to(scores.dtype) * m

@@ -42,7 +42,7 @@ CLOTHING_SETTINGS: dict[str, Any] = {
     "mtl.max_outer": 5,
     "mtl.max_iter": 100,
     "mtl.inner_tol": 1e-4,
-    "mtl.mu_grid": [0.0005, 0.002, 0.008],
+    "mtl.mu_grid": [0.002, 0.008, 0.03],
     "train.batch_size": 64,
     "train.lr": 0.01,
     "train.epochs_single": 8,
@@ -54,15 +54,15 @@ QUICK_SETTINGS: dict[str, Any] = {
     "train.epochs_single": 3,
     "train.epochs_joint": 1,
     "train.rounds": 1,
-    "mtl.mu_grid": [0.002],
+    "mtl.mu_grid": [0.008],
     "mtl.max_outer": 3,
 }
 QUICK_EXTRACT_LAMBDAS = (0.3, 3.0)
-QUICK_EXTRACT_MUS = (0.002,)
+QUICK_EXTRACT_MUS = (0.008,)
 # per-sample ridge weights tried for S-extract, per attribute
 EXTRACT_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 INNER_FOLDS = 3
-EXTRACT_MUS = (0.0005, 0.002, 0.008)  # per-sample group weights tried for M-extract
+EXTRACT_MUS = (0.002, 0.008, 0.03)  # per-sample group weights tried for M-extract
 METHODS = ("S-extract", "M-extract", "S-CNN", "M-CNN", "MG-CNN")
 
 
@@ -81,42 +81,59 @@ def _accuracy(scores: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     return float(correct.sum() / max(mask.sum(), 1))
 
 
+def _ridge_path(x: np.ndarray, y: np.ndarray, mask: np.ndarray, lambdas: Any) -> Any:
+    """Independent squared-hinge SVMs with bias for each per-sample ridge weight λ in
+    ``lambdas``, strongest first: yields (λ, W (D, M), bias (M,)).
+
+    The problem is separable over attributes, so one solve (``fit_latent`` with S = I, i.e.
+    ``fit_independent``) fits all of them; each solve starts from the previous solution. A 1e-4
+    relative KKT tolerance: decisions settle long before that (measured).
+    """
+    from .solvers import fit_latent
+
+    eye = np.eye(y.shape[1], dtype=x.dtype)
+    n = float(mask.sum(axis=0).mean())
+    L, b = None, np.zeros(y.shape[1], dtype=x.dtype)
+    for lam in sorted(set(float(v) for v in lambdas), reverse=True):
+        L, b = fit_latent(x, y, eye, 0.0, lam * n, mask, L0=L, bias=b, tol=1e-4)
+        yield lam, L, b
+
+
+def _ridge_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray, lams: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Attribute m's SVM with its own per-sample ridge weight ``lams[m]``: (W (D, M), bias)."""
+    lams = np.asarray(lams, dtype=float)
+    W = np.zeros((x.shape[1], y.shape[1]), dtype=x.dtype)
+    bias = np.zeros(y.shape[1], dtype=x.dtype)
+    for lam, w, b in _ridge_path(x, y, mask, lams):
+        cols = lams == lam
+        W[:, cols], bias[cols] = w[:, cols], b[cols]
+    return W, bias
+
+
 def per_attribute_ridge(
     x: np.ndarray, y: np.ndarray, mask: np.ndarray, lambdas: tuple[float, ...], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Independent squared-hinge SVMs, each attribute with its own ridge weight.
 
-    For every per-sample weight λ in ``lambdas`` the attributes are fitted together
-    (``fit_independent`` is separable over columns, so one call fits all of them) on
-    ``INNER_FOLDS - 1`` inner folds of ``x`` (N, D) and scored on the held-out one; attribute m
-    keeps the λ_m with the most held-out labels right (ties: the larger λ), and is refitted on
+    For every per-sample weight λ in ``lambdas`` the attributes are fitted (:func:`_ridge_path`)
+    on ``INNER_FOLDS - 1`` inner folds of ``x`` (N, D) and scored on the held-out one; attribute
+    m keeps the λ_m with the most held-out labels right (ties: the larger λ), and is refitted on
     all of ``x`` with it. Returns (W (D, M), bias (M,), λ (M,)).
     """
     from .data.splits import kfold_indices
-    from .solvers import fit_independent
 
-    def fit(rows: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-        n = float(mask[rows].sum(axis=0).mean())
-        # a 1e-4 relative KKT tolerance: decisions settle long before that (measured)
-        return fit_independent(x[rows], y[rows], mask[rows], lam * n, bias=True, tol=1e-4)
-
+    lambdas = tuple(sorted(float(v) for v in lambdas))
     correct = np.zeros((len(lambdas), y.shape[1]))
     for train_rows, held_rows in kfold_indices(len(x), INNER_FOLDS, seed):
         tr, ho = np.asarray(train_rows), np.asarray(held_rows)
-        for i, lam in enumerate(lambdas):
-            w, b = fit(tr, lam)
+        for lam, w, b in _ridge_path(x[tr], y[tr], mask[tr], lambdas):
             right = (np.sign(x[ho] @ w + b) == y[ho]) & mask[ho]
-            correct[i] += right.sum(axis=0)
+            correct[lambdas.index(lam)] += right.sum(axis=0)
     # the last maximum: among equally good weights the strongest regularisation
-    best = len(lambdas) - 1 - np.argmax(correct[::-1], axis=0)
-    all_rows = np.arange(len(x))
-    W = np.zeros((x.shape[1], y.shape[1]), dtype=x.dtype)
-    bias = np.zeros(y.shape[1], dtype=x.dtype)
-    for i in np.unique(best):
-        w, b = fit(all_rows, lambdas[i])
-        cols = best == i
-        W[:, cols], bias[cols] = w[:, cols], b[cols]
-    return W, bias, np.asarray(lambdas)[best]
+    best = np.asarray(lambdas)[len(lambdas) - 1 - np.argmax(correct[::-1], axis=0)]
+    W, bias = _ridge_fit(x, y, mask, best)
+    return W, bias, best
 
 
 def _multiclass_targets(trainer: Any) -> tuple[AttributeSchema, np.ndarray]:
@@ -166,7 +183,13 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     for mc in mc_schema.multiclass:
         acc, count = multiclass_accuracy(mc_scores, mc_test, mc_test != 0, mc.members)
         results["S-extract"]["multiclass"][mc.name] = {"accuracy": acc, "n": count}
+    # M-extract starts from the same SVMs fitted on the train split alone: the val split, which
+    # picks mu, must be unseen
+    w_start, _ = _ridge_fit(xt, yt, mt, lam_m)
     lam_mtl = float(np.exp(np.log(lam_m).mean()))  # one ridge weight for the shared L
+    # ... and per-attribute loss weights that give attribute m back its own strength λ_m
+    weights = lam_mtl / lam_m
+    chosen["M-extract"] = {"task_weights": dict(zip(trainer.schema.names, weights.tolist()))}
 
     best = (-1.0, None, None)
     m_cfg = trainer.cfg.mtl
@@ -180,19 +203,20 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
             lam=lam_mtl * n,
             K=trainer.cfg.model.rank,
             mask=mt,
-            W0=w_single,
+            W0=w_start,
             max_outer=m_cfg.max_outer,
             tol=m_cfg.tol,
             bias=True,
             max_iter=m_cfg.max_iter,
             inner_tol=m_cfg.inner_tol,
             seed=trainer.cfg.train.seed,
+            task_weights=weights,
         )
         scores_v = xv @ np.asarray(res.L) @ np.asarray(res.S) + np.asarray(res.bias)
         acc = _accuracy(scores_v, yv, mv)
         if acc > best[0]:
             best = (acc, mu, res)
-    chosen["M-extract"] = {"mu": best[1], "val_accuracy": best[0]}
+    chosen["M-extract"].update(mu=best[1], val_accuracy=best[0])
     res = best[2]
     scores = xs @ np.asarray(res.L) @ np.asarray(res.S) + np.asarray(res.bias)
     results["M-extract"] = attribute_metrics(scores, ys, ms, trainer.schema)
@@ -213,6 +237,8 @@ def run_fold(root: str | Path, out: Path, fold: int, folds: int, quick: bool) ->
     with RunDir(out) as run:
         trainer = Trainer(cfg, run, resume=True)
         extract, chosen = extract_methods(trainer, quick)
+        # the CNN methods weight attributes as M-extract does (chosen inside the training folds)
+        trainer.set_task_weights(list(chosen["M-extract"]["task_weights"].values()))
         cnn = trainer.run_plan()
         chosen.update(trainer.state.chosen)
         record = {

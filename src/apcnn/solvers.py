@@ -26,6 +26,11 @@ Public functions take NumPy arrays or torch tensors; the result has the kind, dt
 * :func:`optimality_gap_S`, :func:`optimality_gap_L` — KKT certificates (max violation of the
   subgradient optimality conditions).
 
+``task_weights`` (every solver function, keyword): ``(M,)`` positive weights ``c_m`` multiplying
+attribute m's loss term, ``Σ_m c_m Σ_i ℓ(…)``. Beyond eq. 2: with the shared penalties it gives
+each attribute its own regularisation strength (for one attribute alone, ``c_m`` times the loss
+is the same problem as the penalties divided by ``c_m``), e.g. from per-attribute validation.
+
 The proximal-gradient methods need a smooth loss: ``loss="hinge"`` is refused by the solvers
 (``objective`` evaluates it).
 """
@@ -289,7 +294,17 @@ class _Data:
         return P.permute(1, 0, 2).contiguous()
 
 
-def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None) -> _Data:
+def _task_weights(ctx: _Ctx, weights: Any, M: int) -> Tensor:
+    c = ctx.t(weights, "task_weights")
+    if c.shape != (M,):
+        raise ValueError(f"task_weights must have shape (M,) = ({M},); got {tuple(c.shape)}")
+    if not bool(torch.isfinite(c).all()) or not bool((c > 0).all()):
+        raise ValueError("task_weights must be finite and > 0 (one weight per attribute)")
+    return c
+
+
+def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None,
+          task_weights: Any = None) -> _Data:
     if x.ndim not in (2, 3):
         raise ValueError(
             "X must be (N, D) shared or (N, M, D) attribute-specific features; "
@@ -325,6 +340,9 @@ def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None) 
     # an attribute is empty when no process has a label for it
     empty = _sum_samples(reduce, [m.sum(0).to(ctx.dtype)])[0] == 0
     yc, mf = prepare_labels(y, m, ctx.dtype)
+    if task_weights is not None:
+        # attribute m's loss counts c_m times: mf holds c_m on its labelled entries
+        mf = mf * _task_weights(ctx, task_weights, M)
     return _Data(x, y, m, x.ndim == 2, N, M, x.shape[-1], empty, yc, mf, reduce)
 
 
@@ -709,7 +727,7 @@ def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind:
 def _col_lipschitz(data: _Data, P: Tensor, x0: list[Tensor], kind: str) -> Tensor:
     """Per-attribute Lipschitz bounds ``ℓ'' · ‖[P_m 1]_{labelled rows}‖₂²`` (power iteration)."""
     forward, adjoint = _s_ops(data, P, len(x0) > 1)
-    lam = _power(forward, adjoint, data.mask, x0, _colsum, sample_reduce=data.reduce)
+    lam = _power(forward, adjoint, data.mf, x0, _colsum, sample_reduce=data.reduce)
     return CURVATURE[kind] * lam * 1.02
 
 
@@ -835,7 +853,7 @@ def _solve_L(data: _Data, S: Tensor, gamma: float, lam: float, L0: Tensor, b0: T
              tol: float, max_iter: int, kind: str) -> tuple[Tensor, Tensor | None, SolverInfo]:
     pb = _l_problem(data, S, gamma, lam, kind, b0 is not None)
     x0 = [L0, b0] if b0 is not None else [L0]
-    lam_max = _power(pb.forward, pb.adjoint, data.mask, x0, pb.block_sum,
+    lam_max = _power(pb.forward, pb.adjoint, data.mf, x0, pb.block_sum,
                      sample_reduce=data.reduce)
     lip = CURVATURE[kind] * lam_max * 1.02
     lip = torch.clamp(lip, min=torch.finfo(S.dtype).tiny * 1e6)
@@ -853,14 +871,14 @@ def _scores(data: _Data, L: Tensor, S: Tensor, b: Tensor | None) -> Tensor:
 
 def objective(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], mu: float,
               gamma: float, lam: float, mask: Any = None, *, loss: str = "squared_hinge",
-              bias: Any = None, overlapping: bool = False) -> float:
+              bias: Any = None, overlapping: bool = False, task_weights: Any = None) -> float:
     """Eq. 2: ``Σ_mask ℓ(y xᵀ L s (+ b)) + μ Σ_k Σ_g ‖S[k, g]‖ + γ‖L‖₁ + λ‖L‖_F²``.
 
     ``bias=None`` is eq. 2 exactly; a ``(M,)`` bias is added to the scores (unpenalised).
     """
     check_loss(loss)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights)
     mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
@@ -898,8 +916,8 @@ def _smat(ctx: _Ctx, S: Any, M: int) -> Tensor:
 def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu: float,
                     mask: Any = None, tol: float = 1e-8, max_iter: int = 5000, *,
                     S0: Any = None, method: str = "fista", overlapping: bool = False,
-                    loss: str = "squared_hinge", bias: Any = None, return_info: bool = False
-                    ) -> Any:
+                    loss: str = "squared_hinge", bias: Any = None, return_info: bool = False,
+                    task_weights: Any = None) -> Any:
     """Step (a): ``min_S Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + μ Σ_k Σ_g ‖S[k, g]‖₂``.
 
     Args:
@@ -922,7 +940,7 @@ def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu:
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights)
     mu = _penalty(mu, "mu")
     tol = _positive(tol, "tol")
     max_iter = _positive(max_iter, "max_iter", integer=True)
@@ -943,7 +961,8 @@ def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu:
 @_threads_by_size
 def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = None,
                tol: float = 1e-8, max_iter: int = 5000, *, L0: Any = None,
-               loss: str = "squared_hinge", bias: Any = None, return_info: bool = False) -> Any:
+               loss: str = "squared_hinge", bias: Any = None, return_info: bool = False,
+               task_weights: Any = None) -> Any:
     """Step (b): ``min_L Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + γ‖L‖₁ + λ‖L‖_F²`` (APG, ℓ1 prox).
 
     The gradient of the smooth part is ``Σ_m (Σ_i G[i, m] x_m(i)) s_mᵀ + 2λL`` with ``G`` the
@@ -955,7 +974,7 @@ def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = Non
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights)
     gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
     tol = _positive(tol, "tol")
     max_iter = _positive(max_iter, "max_iter", integer=True)
@@ -972,7 +991,8 @@ def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = Non
 
 @_threads_by_size
 def fit_independent(X: Any, Y: Any, mask: Any = None, lam: float = 1.0, *, bias: bool = False,
-                    loss: str = "squared_hinge", tol: float = 1e-6, max_iter: int = 2000) -> Any:
+                    loss: str = "squared_hinge", tol: float = 1e-6, max_iter: int = 2000,
+                    task_weights: Any = None) -> Any:
     """Single-task solutions ``w_m = argmin Σ_{i labelled} ℓ(y x_m(i)ᵀ w (+ b_m)) + λ‖w‖²``.
 
     One column per attribute (the S-extract baseline and the paper's initialisation of ``W``);
@@ -981,7 +1001,7 @@ def fit_independent(X: Any, Y: Any, mask: Any = None, lam: float = 1.0, *, bias:
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights)
     lam = _penalty(lam, "lam")
     W, b = _independent(data, lam, bias, loss, tol, max_iter)
     return (ctx.out(W), ctx.out(b)) if bias else ctx.out(W)
@@ -1060,8 +1080,8 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
                     progress: bool = False,
                     callback: Callable[[int, Any, Any, Any, float], Any] | None = None,
                     overlapping: bool = False, max_iter: int = 2000, inner_tol: float = 1e-7,
-                    init_lam: float | None = None, sample_reduce: SampleReduce = None
-                    ) -> AlternatingResult:
+                    init_lam: float | None = None, sample_reduce: SampleReduce = None,
+                    task_weights: Any = None) -> AlternatingResult:
     """Algorithm 1: alternate step (a) (:func:`fit_combination`) and (b) (:func:`fit_latent`).
 
     Initialisation: ``L0``/``S0`` if given; otherwise :func:`init_from_w` of ``W0``, itself
@@ -1084,7 +1104,7 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, sample_reduce)
+    data = _data(ctx, x, Y, mask, sample_reduce, task_weights)
     mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
     K = _positive(K, "K", integer=True)
     max_outer = _positive(max_outer, "max_outer", integer=True)
@@ -1164,7 +1184,7 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
 
 def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], mu: float,
                      mask: Any = None, *, loss: str = "squared_hinge", bias: Any = None,
-                     zero_tol: float = 0.0) -> float:
+                     zero_tol: float = 0.0, task_weights: Any = None) -> float:
     """KKT certificate of step (a) (disjoint groups): the largest violation of
 
     * ``‖∇_{k,g} f‖₂ ≤ μ`` for every zero group ``S[k, g]`` (norm ``≤ zero_tol``),
@@ -1175,7 +1195,7 @@ def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[i
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights)
     mu = _penalty(mu, "mu")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
@@ -1190,8 +1210,8 @@ def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[i
 
 
 def optimality_gap_L(X: Any, Y: Any, L: Any, S: Any, gamma: float, lam: float, mask: Any = None,
-                     *, loss: str = "squared_hinge", bias: Any = None, zero_tol: float = 0.0
-                     ) -> float:
+                     *, loss: str = "squared_hinge", bias: Any = None, zero_tol: float = 0.0,
+                     task_weights: Any = None) -> float:
     """KKT certificate of step (b): the largest violation of the ℓ1 optimality conditions
 
     ``|∇_dk f| ≤ γ`` where ``L_dk = 0`` (``|L_dk| ≤ zero_tol``), ``∇_dk f + γ sign(L_dk) = 0``
@@ -1199,7 +1219,7 @@ def optimality_gap_L(X: Any, Y: Any, L: Any, S: Any, gamma: float, lam: float, m
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights)
     gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
