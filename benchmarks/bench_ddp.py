@@ -37,8 +37,9 @@ def worker(args: argparse.Namespace) -> None:
     from apcnn import distributed
     from apcnn.data import create_dataset
     from apcnn.data.transforms import build_transform
-    from apcnn.engine import FromTrunk, masked_squared_hinge
+    from apcnn.engine import FromTrunk
     from apcnn.features import extract_features
+    from apcnn.losses import masked_squared_hinge
     from apcnn.models.backbone import create_backbone
     from apcnn.models.fc_tail import build_attribute_cnn
     from apcnn.models.latent import LatentTaskLayer

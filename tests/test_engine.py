@@ -24,7 +24,8 @@ def _feature_cache(tmp_path_factory, monkeypatch):
 
 
 def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
-    from apcnn.engine import evaluate_checkpoint, predict_images, train
+    from apcnn.engine import train
+    from apcnn.inference import evaluate_checkpoint, predict_images
 
     out = tmp_path / "run"
     result = train(tiny_config(out))
@@ -172,7 +173,8 @@ def test_tail_decay_to_init_keeps_tails_near_their_start(tmp_path):
 def test_task_weights_are_checked_and_weight_the_sgd_loss(tmp_path):
     import torch
 
-    from apcnn.engine import masked_squared_hinge, train
+    from apcnn.engine import train
+    from apcnn.losses import masked_squared_hinge
 
     with pytest.raises(ConfigError, match="mtl.task_weights.*3 values"):
         train(tiny_config(tmp_path / "run", "mtl.task_weights=[1, 2, 3]"))

@@ -26,7 +26,8 @@ def _trunk_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_trainable_trunk_is_fine_tuned_and_saved(tmp_path):
-    from apcnn.engine import evaluate_checkpoint, train
+    from apcnn.engine import train
+    from apcnn.inference import evaluate_checkpoint
     from apcnn.predictor import build_predictor
 
     out = tmp_path / "run"

@@ -83,7 +83,7 @@ def _launch_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .engine import evaluate_checkpoint
+    from .inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, root=args.root, split=args.split)
     print(result["table"])
@@ -93,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine import predict_images
+    from .inference import predict_images
 
     if args.onnx:
         from .export import predict_onnx

@@ -244,7 +244,7 @@ def predict_onnx(
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
     """``apcnn predict`` with an exported model: per image, per attribute score, calibrated
-    probability and decision (the same structure as :func:`apcnn.engine.predict_images`).
+    probability and decision (the same structure as :func:`apcnn.inference.predict_images`).
 
     ``meta`` is the sidecar dict (default: read ``<onnx_path>.json``); its ``preprocessing``
     (image_size, mean, std) builds the same evaluation transform as the checkpoint path.

@@ -155,14 +155,14 @@ def test_split_scores(
     """Scores of each checkpoint on ``split`` of its dataset: ``({method: (N, M)}, targets (N, M)
     in {-1, 0, +1}, mask (N, M) bool)``.
 
-    The split is rebuilt with :func:`apcnn.engine.checkpoint_dataset` from the first checkpoint's
+    The split is rebuilt with :func:`apcnn.inference.checkpoint_dataset` from the first checkpoint's
     config (``root`` overrides ``data.root``). The frozen trunk is run once when every
     checkpoint has the same trunk weights; each method then only runs its tails and head.
     """
     import torch
 
-    from .engine import checkpoint_dataset
     from .features import extract_features
+    from .inference import checkpoint_dataset
     from .predictor import load_predictor
 
     if not checkpoints:

@@ -160,3 +160,25 @@ def bregman(z_new: Tensor, z_old: Tensor, Y: Tensor, mask: Tensor | None = None,
     direct = sp(-mn) - sp(-mo) + torch.sigmoid(-mo) * delta
     d = torch.where(delta.abs() < 1e-3, taylor, direct)
     return torch.clamp(d, min=0.0) * m
+
+
+def masked_squared_hinge(
+    scores: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    n_labelled: Tensor | None = None,
+    task_weights: Tensor | None = None,
+) -> Tensor:
+    """Σ_{labelled} c_m 1/2 max(0, 1 - y f)^2 / n_labelled. scores, y, mask: (B, M); c: (M,)
+    ``task_weights`` (default 1).
+
+    ``n_labelled`` defaults to ``mask.sum()`` (the mean over this batch's labelled entries); a
+    data-parallel rank passes the count of its whole global batch instead, so that the ranks'
+    losses add up to the one-process loss.
+    """
+    margin = torch.clamp(1.0 - y * scores, min=0.0)
+    per_entry = 0.5 * margin.square() * mask
+    if task_weights is not None:
+        per_entry = per_entry * task_weights
+    count = mask.sum() if n_labelled is None else n_labelled
+    return per_entry.sum() / count.clamp(min=1)
