@@ -312,3 +312,24 @@ def test_killed_rank_ends_the_job_and_resume_completes_it(tmp_path):
     assert f"resumed after step {done}" in (out / "train.log").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"S-CNN", "MG-CNN"}
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(900)
+def test_two_processes_fine_tune_a_trainable_trunk(tmp_path):
+    """model.freeze_trunk=false under torchrun: augmented images through DDP-wrapped trunk + tails
+    on both ranks; the job ends cleanly and its saved trunk has moved off the pretrained one."""
+    from apcnn.predictor import build_predictor
+
+    out = tmp_path / "run"
+    cmd, env = _train(tmp_path, out, "model.freeze_trunk=false", "train.methods=[S-CNN, MG-CNN]",
+                      "train.trunk_lr_scale=1", nproc=2)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())["methods"]
+    assert set(metrics) == {"S-CNN", "MG-CNN"}
+    tensors, meta = load_checkpoint(out / "checkpoints" / "MG-CNN")
+    pretrained = build_predictor(meta["model"], pretrained=True).state_dict()
+    trunk = [k for k in tensors if k.startswith("cnn.trunk.") and tensors[k].is_floating_point()]
+    assert trunk and any(not torch.equal(tensors[k], pretrained[k]) for k in trunk)
+    assert "Traceback" not in (out / "train.log").read_text()

@@ -59,6 +59,9 @@ class PooledTrunk(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+        # the ImageNet classifier stays in the state dict but takes no part in the pooled
+        # features: never trained (DDP refuses parameters without gradients)
+        backbone.get_classifier().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
