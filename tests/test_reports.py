@@ -139,3 +139,24 @@ def test_write_report_without_optional_inputs(tmp_path):
     assert not (tmp_path / "S_abs.png").exists()
     with pytest.raises(ValueError, match=r"S must be \(K, 2\)"):
         write_report(tmp_path, res, schema=schema, S=np.ones((3, 5)))
+
+
+def test_ordering_summary_says_whether_the_papers_ordering_holds():
+    from apcnn.reports import ordering_summary
+
+    def block(total, folds):
+        return {"total": total, "folds": folds, "std": {"total": 0.01}}
+
+    holds = {
+        "S-extract": block(0.95, [0.95, 0.95]),
+        "S-CNN": block(0.90, [0.90, 0.90]),
+        "M-CNN": block(0.91, [0.92, 0.90]),
+        "MG-CNN": block(0.92, [0.93, 0.91]),
+    }
+    text = ordering_summary(holds)
+    assert "holds here" in text and "not" not in text
+    assert "M-CNN > S-CNN in 1 of 2 folds" in text and "MG-CNN > M-CNN in 2 of 2 folds" in text
+    assert "best method is S-extract (95.00)" in text
+    broken = dict(holds, **{"MG-CNN": block(0.905, [0.90, 0.91])})
+    assert "does **not** hold" in ordering_summary(broken)
+    assert ordering_summary({"S-CNN": block(0.9, [0.9])}) is None

@@ -335,6 +335,45 @@ def _per_attribute_md(methods: Mapping[str, Any], schema: AttributeSchema, key: 
     return "\n".join(lines)
 
 
+PAPER_ORDER = ("S-CNN", "M-CNN", "MG-CNN")  # the paper's claim: each step adds accuracy
+
+
+def ordering_summary(methods: Mapping[str, Any]) -> str | None:
+    """One paragraph: does the paper's ordering S-CNN < M-CNN < MG-CNN hold on these totals?
+
+    States the totals with their fold spread, per step how many folds agree, and the best
+    method. None when a method of the ordering is missing.
+    """
+    blocks = [methods.get(name) for name in PAPER_ORDER]
+    if not all(isinstance(b, Mapping) and "total" in b for b in blocks):
+        return None
+
+    def fmt(name: str, block: Mapping[str, Any]) -> str:
+        std = (block.get("std") or {}).get("total")
+        spread = f" ± {100 * std:.2f}" if std is not None else ""
+        return f"{name} {100 * block['total']:.2f}{spread}"
+
+    holds = all(a["total"] < b["total"] for a, b in zip(blocks, blocks[1:]))
+    steps = []
+    for (na, a), (nb, b) in zip(zip(PAPER_ORDER, blocks), zip(PAPER_ORDER[1:], blocks[1:])):
+        fa, fb = a.get("folds") or [], b.get("folds") or []
+        if len(fa) == len(fb) and len(fa) > 1:
+            wins = sum(y > x for x, y in zip(fa, fb))
+            steps.append(f"{nb} > {na} in {wins} of {len(fa)} folds")
+    verdict = "holds" if holds else "does **not** hold"
+    text = (
+        f"The paper's ordering S-CNN < M-CNN < MG-CNN {verdict} here: "
+        + ", ".join(fmt(n, b) for n, b in zip(PAPER_ORDER, blocks))
+        + " (mean ± std over folds)"
+        + (f"; {'; '.join(steps)}." if steps else ".")
+    )
+    totals = {n: b["total"] for n, b in methods.items() if isinstance(b, Mapping) and "total" in b}
+    best = max(totals, key=totals.get)
+    if best not in PAPER_ORDER:
+        text += f" The best method is {best} ({100 * totals[best]:.2f})."
+    return text
+
+
 def write_report(
     out_dir: str | Path,
     results: Mapping[str, Any],
@@ -387,6 +426,9 @@ def write_report(
     md += ["## Results", "", "```", format_table(methods, ref), "```", ""]
     if ref:
         md += ["Paper numbers (in parentheses): Abdulnabi et al. 2015, Table III.", ""]
+    summary = ordering_summary(methods)
+    if summary:
+        md += [summary, ""]
     for key, label in (
         ("balanced_accuracy", "Balanced accuracy"),
         ("average_precision", "Average precision"),
