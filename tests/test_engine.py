@@ -216,3 +216,16 @@ def test_keep_best_returns_to_the_best_validated_round(tmp_path, monkeypatch, ke
     else:
         assert ("MG-CNN", 0) not in heads
     assert not (out / "checkpoints" / "MG-CNN.best").exists()
+
+
+def test_auto_task_weights_are_chosen_and_recorded(tmp_path):
+    from apcnn.engine import train
+
+    result = train(tiny_config(tmp_path / "run", "mtl.task_weights=auto", "train.methods=[S-CNN]",
+                               "train.epochs_single=1"))
+    weights = result["chosen"]["task_weights"]
+    assert set(weights) == set(result["schema"].names)
+    assert all(w > 0 for w in weights.values())
+    assert "task weights (auto)" in (tmp_path / "run" / "train.log").read_text()
+    with pytest.raises(ConfigError, match="mtl.task_weights"):
+        load_config(TrainConfig, None, ["mtl.task_weights=sometimes"])

@@ -46,7 +46,7 @@ def test_reproduce_quick_on_real_data(tmp_path, monkeypatch):
 def test_per_attribute_ridge_chooses_a_weight_per_attribute():
     import numpy as np
 
-    from apcnn.reproduce import per_attribute_ridge
+    from apcnn.selection import per_attribute_ridge
     from apcnn.solvers import fit_independent
 
     rng = np.random.default_rng(0)
@@ -75,6 +75,10 @@ def test_clothing_preset_is_the_reproduce_recipe(tmp_path):
     preset = load_config(TrainConfig, root / "configs" / "clothing.yaml", [])
     recipe = config_to_dict(fold_config("DATA", tmp_path, 0, 5, quick=False))
     preset_dict = config_to_dict(preset)
+    # the one difference: reproduce passes the task weights of its S-extract step; the preset
+    # chooses them the same way on its own training split
+    assert preset_dict["mtl"].pop("task_weights") == "auto"
+    assert recipe["mtl"].pop("task_weights") is None
     for section in ("model", "mtl", "train"):
         assert preset_dict[section] == recipe[section], section
     for key in ("name", "folds", "fold", "split_seed", "image_size"):

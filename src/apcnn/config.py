@@ -165,9 +165,11 @@ class MTLConfig:
     #: validation split is kept (and recorded); mu above is then ignored
     mu_grid: list[float] = field(default_factory=list)
     #: per-attribute loss weights c_m (one per attribute, > 0) in the solvers and the SGD loss:
-    #: attribute m's regularisation acts as if divided by c_m (beyond eq. 2; `apcnn reproduce`
-    #: sets them from the per-attribute ridge weights chosen by cross-validation); null: all 1
-    task_weights: list[float] | None = None
+    #: attribute m's regularisation acts as if divided by c_m (beyond eq. 2); null: all 1;
+    #: "auto": c_m = geometric mean(λ) / λ_m from a ridge weight λ_m per attribute chosen by
+    #: 3-fold cross-validation on the training split's initial tail features (as `apcnn
+    #: reproduce` does)
+    task_weights: list[float] | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
         for name in ("mu", "gamma", "lam"):
@@ -176,9 +178,9 @@ class MTLConfig:
         _check(self.max_outer >= 1, "mtl.max_outer", "must be >= 1")
         _check(self.max_iter >= 1, "mtl.max_iter", "must be >= 1")
         _check(
-            self.task_weights is None or all(w > 0 for w in self.task_weights),
+            self.task_weights in (None, "auto") or all(w > 0 for w in self.task_weights),
             "mtl.task_weights",
-            "must be null or a list of positive numbers, one per attribute",
+            "must be null, auto or a list of positive numbers, one per attribute",
         )
 
 

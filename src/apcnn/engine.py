@@ -240,6 +240,8 @@ class Trainer:
         }
         self.splits = self._cache_splits()
         self.state = TrainState()
+        if cfg.mtl.task_weights == "auto":  # from the initial tails, so the same on --resume
+            self.set_task_weights(self._auto_task_weights())
         self.optimizer: torch.optim.Optimizer | None = None
         self.step_module: nn.Module | None = None  # what SGD calls: DDP-wrapped under torchrun
         # the tails' initial values (for train.tail_decay_to_init), taken before any resume
@@ -426,10 +428,24 @@ class Trainer:
         self._task_weights()
         self.config_dict = config_to_dict(self.cfg)
 
+    def _auto_task_weights(self) -> list[float]:
+        """``mtl.task_weights: auto`` (:func:`apcnn.selection.auto_task_weights`) on the training
+        split's tail features; every rank computes them on all rows (identical result)."""
+        from .selection import auto_task_weights
+
+        data = self.splits["train"]
+        x = self._tail_features(data, slice(None))
+        weights, lams = auto_task_weights(
+            x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), seed=self.cfg.train.seed
+        )
+        self.state.chosen["task_weights"] = dict(zip(self.schema.names, weights.tolist()))
+        self.log.info("task weights (auto): ridge weight per attribute %s", lams.tolist())
+        return weights.tolist()
+
     def _task_weights(self) -> torch.Tensor | None:
         """``mtl.task_weights`` as an (M,) tensor (None: all 1), checked against the schema."""
         weights = self.cfg.mtl.task_weights
-        if weights is None:
+        if weights is None or weights == "auto":  # auto: set in __init__ once features exist
             return None
         m = self.schema.num_attributes
         if len(weights) != m:

@@ -7,7 +7,8 @@ Five methods per fold:
 
 - **S-extract**: frozen ImageNet features (the pooled backbone output) + one linear L2-SVM per
   attribute (``apcnn.solvers.fit_independent``), each attribute with its own ridge weight chosen
-  by 3-fold cross-validation inside the training folds (:func:`per_attribute_ridge`).
+  by 3-fold cross-validation inside the training folds
+  (:func:`apcnn.selection.per_attribute_ridge`).
 - **M-extract**: the same features + the grouped multi-task layer (``fit_alternating``; mu chosen
   on validation).
 - **S-CNN**, **M-CNN**, **MG-CNN**: the training engine (``apcnn.engine``), fold by fold.
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .data.schema import AttributeSchema
+from .selection import RIDGE_LAMBDAS, per_attribute_ridge, ridge_fit, task_weights_from_ridge
 
 # The Clothing preset (also configs/clothing.yaml): settings that differ from the defaults.
 CLOTHING_SETTINGS: dict[str, Any] = {
@@ -60,8 +62,7 @@ QUICK_SETTINGS: dict[str, Any] = {
 QUICK_EXTRACT_LAMBDAS = (0.3, 3.0)
 QUICK_EXTRACT_MUS = (0.008,)
 # per-sample ridge weights tried for S-extract, per attribute
-EXTRACT_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-INNER_FOLDS = 3
+EXTRACT_LAMBDAS = RIDGE_LAMBDAS
 EXTRACT_MUS = (0.002, 0.008, 0.03)  # per-sample group weights tried for M-extract
 METHODS = ("S-extract", "M-extract", "S-CNN", "M-CNN", "MG-CNN")
 
@@ -79,61 +80,6 @@ def fold_config(root: str | Path, out: Path, fold: int, folds: int, quick: bool)
 def _accuracy(scores: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     correct = (np.sign(scores) == y) & mask
     return float(correct.sum() / max(mask.sum(), 1))
-
-
-def _ridge_path(x: np.ndarray, y: np.ndarray, mask: np.ndarray, lambdas: Any) -> Any:
-    """Independent squared-hinge SVMs with bias for each per-sample ridge weight λ in
-    ``lambdas``, strongest first: yields (λ, W (D, M), bias (M,)).
-
-    The problem is separable over attributes, so one solve (``fit_latent`` with S = I, i.e.
-    ``fit_independent``) fits all of them; each solve starts from the previous solution. A 1e-4
-    relative KKT tolerance: decisions settle long before that (measured).
-    """
-    from .solvers import fit_latent
-
-    eye = np.eye(y.shape[1], dtype=x.dtype)
-    n = float(mask.sum(axis=0).mean())
-    L, b = None, np.zeros(y.shape[1], dtype=x.dtype)
-    for lam in sorted(set(float(v) for v in lambdas), reverse=True):
-        L, b = fit_latent(x, y, eye, 0.0, lam * n, mask, L0=L, bias=b, tol=1e-4)
-        yield lam, L, b
-
-
-def _ridge_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray, lams: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Attribute m's SVM with its own per-sample ridge weight ``lams[m]``: (W (D, M), bias)."""
-    lams = np.asarray(lams, dtype=float)
-    W = np.zeros((x.shape[1], y.shape[1]), dtype=x.dtype)
-    bias = np.zeros(y.shape[1], dtype=x.dtype)
-    for lam, w, b in _ridge_path(x, y, mask, lams):
-        cols = lams == lam
-        W[:, cols], bias[cols] = w[:, cols], b[cols]
-    return W, bias
-
-
-def per_attribute_ridge(
-    x: np.ndarray, y: np.ndarray, mask: np.ndarray, lambdas: tuple[float, ...], seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Independent squared-hinge SVMs, each attribute with its own ridge weight.
-
-    For every per-sample weight λ in ``lambdas`` the attributes are fitted (:func:`_ridge_path`)
-    on ``INNER_FOLDS - 1`` inner folds of ``x`` (N, D) and scored on the held-out one; attribute
-    m keeps the λ_m with the most held-out labels right (ties: the larger λ), and is refitted on
-    all of ``x`` with it. Returns (W (D, M), bias (M,), λ (M,)).
-    """
-    from .data.splits import kfold_indices
-
-    lambdas = tuple(sorted(float(v) for v in lambdas))
-    correct = np.zeros((len(lambdas), y.shape[1]))
-    for train_rows, held_rows in kfold_indices(len(x), INNER_FOLDS, seed):
-        tr, ho = np.asarray(train_rows), np.asarray(held_rows)
-        for lam, w, b in _ridge_path(x[tr], y[tr], mask[tr], lambdas):
-            right = (np.sign(x[ho] @ w + b) == y[ho]) & mask[ho]
-            correct[lambdas.index(lam)] += right.sum(axis=0)
-    # the last maximum: among equally good weights the strongest regularisation
-    best = np.asarray(lambdas)[len(lambdas) - 1 - np.argmax(correct[::-1], axis=0)]
-    W, bias = _ridge_fit(x, y, mask, best)
-    return W, bias, best
 
 
 def _multiclass_targets(trainer: Any) -> tuple[AttributeSchema, np.ndarray]:
@@ -171,7 +117,9 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     ya = np.concatenate([np.concatenate([yt, yv]), mc_targets[train_rows]], axis=1)
     ma = ya != 0
     lambdas = QUICK_EXTRACT_LAMBDAS if quick else EXTRACT_LAMBDAS
-    w_all, b_all, lam_all = per_attribute_ridge(xa, ya, ma, lambdas, trainer.cfg.train.seed)
+    w_all, b_all, lam_all = per_attribute_ridge(
+        xa, ya, ma, lambdas, seed=trainer.cfg.train.seed
+    )
     w_single, b_single, lam_m = w_all[:, :n_bin], b_all[:n_bin], lam_all[:n_bin]
     chosen: dict[str, Any] = {
         "S-extract": {"lam": dict(zip(trainer.schema.names, lam_m.tolist(), strict=True))}
@@ -185,10 +133,10 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
         results["S-extract"]["multiclass"][mc.name] = {"accuracy": acc, "n": count}
     # M-extract starts from the same SVMs fitted on the train split alone: the val split, which
     # picks mu, must be unseen
-    w_start, _ = _ridge_fit(xt, yt, mt, lam_m)
+    w_start, _ = ridge_fit(xt, yt, mt, lam_m)
     lam_mtl = float(np.exp(np.log(lam_m).mean()))  # one ridge weight for the shared L
     # ... and per-attribute loss weights that give attribute m back its own strength λ_m
-    weights = lam_mtl / lam_m
+    weights = task_weights_from_ridge(lam_m)  # = lam_mtl / lam_m
     chosen["M-extract"] = {"task_weights": dict(zip(trainer.schema.names, weights.tolist()))}
 
     best = (-1.0, None, None)
