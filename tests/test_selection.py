@@ -45,3 +45,10 @@ def test_task_weights_give_each_attribute_its_ridge_weight():
     assert np.exp(np.log(weights).mean()) == pytest.approx(1.0)
     again, _ = auto_task_weights(10.0 * x, y, mask, seed=0)  # the feature scale does not matter
     np.testing.assert_allclose(again, weights)
+
+
+def test_identical_attribute_features_are_treated_as_shared():
+    x, y, mask = _data(False, seed=3)
+    copies = np.repeat(x[:, None], 3, axis=1)  # (N, M, D), all m equal
+    weights, _ = auto_task_weights(copies, y, mask)
+    np.testing.assert_allclose(weights, auto_task_weights(x, y, mask)[0])

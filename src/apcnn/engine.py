@@ -434,12 +434,13 @@ class Trainer:
         from .selection import auto_task_weights
 
         data = self.splits["train"]
+        self.log.info("task weights (auto): a ridge weight per attribute by 3-fold CV")
         x = self._tail_features(data, slice(None))
         weights, lams = auto_task_weights(
             x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), seed=self.cfg.train.seed
         )
         self.state.chosen["task_weights"] = dict(zip(self.schema.names, weights.tolist()))
-        self.log.info("task weights (auto): ridge weight per attribute %s", lams.tolist())
+        self.log.info("task weights (auto): ridge weights per attribute %s", lams.tolist())
         return weights.tolist()
 
     def _task_weights(self) -> torch.Tensor | None:

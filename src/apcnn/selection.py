@@ -97,6 +97,8 @@ def auto_task_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``mtl.task_weights: auto``: (weights c (M,), chosen λ (M,)) from :func:`per_attribute_ridge`
     on features scaled to unit mean standard deviation."""
+    if x.ndim == 3 and all(np.array_equal(x[:, 0], x[:, m]) for m in range(1, x.shape[1])):
+        x = x[:, 0]  # identical per-attribute features (e.g. fc tails at their identity start)
     scale = float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
     _, _, lams = per_attribute_ridge(x / scale, y, mask, seed=seed)
     return task_weights_from_ridge(lams), lams
