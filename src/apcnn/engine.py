@@ -212,7 +212,8 @@ class Trainer:
         )
         self.datasets = build_datasets(cfg, self.transform)
         self.schema: AttributeSchema = self.datasets["train"][0].schema
-        self._task_weights()  # a wrong length fails here, not mid-run
+        # (M,) loss weights or None; a wrong length fails here, not mid-run
+        self.task_weights = self._task_weights()
         m = self.schema.num_attributes
         cnn = build_attribute_cnn(
             backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
@@ -425,7 +426,7 @@ class Trainer:
         from .config import config_to_dict
 
         self.cfg.mtl.task_weights = None if weights is None else [float(w) for w in weights]
-        self._task_weights()
+        self.task_weights = self._task_weights()
         self.config_dict = config_to_dict(self.cfg)
 
     def _auto_task_weights(self) -> list[float]:
@@ -444,7 +445,8 @@ class Trainer:
         return weights.tolist()
 
     def _task_weights(self) -> torch.Tensor | None:
-        """``mtl.task_weights`` as an (M,) tensor (None: all 1), checked against the schema."""
+        """``mtl.task_weights`` as an (M,) tensor (None: all 1), checked against the schema;
+        kept as ``self.task_weights`` (set in ``__init__`` and by :meth:`set_task_weights`)."""
         weights = self.cfg.mtl.task_weights
         if weights is None or weights == "auto":  # auto: set in __init__ once features exist
             return None
@@ -547,7 +549,7 @@ class Trainer:
                     data.targets[idx],
                     data.mask[idx],
                     n_labelled,
-                    self._task_weights(),
+                    self.task_weights,
                 )
                 * world
             )
@@ -677,7 +679,7 @@ class Trainer:
             max_iter=m_cfg.max_iter,
             inner_tol=m_cfg.inner_tol,
             sample_reduce=distributed.all_reduce_sum if self.dist.distributed else None,
-            task_weights=None if (c := self._task_weights()) is None else c.cpu().numpy(),
+            task_weights=None if self.task_weights is None else self.task_weights.cpu().numpy(),
         )
 
     def _best_path(self, method: str) -> Path:

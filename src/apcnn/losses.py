@@ -176,9 +176,9 @@ def masked_squared_hinge(
     data-parallel rank passes the count of its whole global batch instead, so that the ranks'
     losses add up to the one-process loss.
     """
-    margin = torch.clamp(1.0 - y * scores, min=0.0)
-    per_entry = 0.5 * margin.square() * mask
+    weights = mask.to(scores.dtype)
     if task_weights is not None:
-        per_entry = per_entry * task_weights
+        weights = weights * task_weights  # elementwise is linear in a float mask
+    total = loss_value(scores, y, weights, "squared_hinge")
     count = mask.sum() if n_labelled is None else n_labelled
-    return per_entry.sum() / count.clamp(min=1)
+    return total / count.clamp(min=1)
