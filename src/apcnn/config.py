@@ -100,7 +100,12 @@ class DataConfig:
     folds: int = 5  #: number of cross-validation folds
     fold: int = 0  #: test fold index, 0 <= fold < folds
     val_fraction: float = 0.15  #: share of the training folds held out for validation
-    image_size: int = 224  #: square input side in pixels
+    image_size: int = 224  #: input width in pixels (and height, unless image_height is set)
+    #: input height in pixels; null: square image_size (portrait photos: e.g. 320 x 480)
+    image_height: int | None = None
+    #: image_size / resize size: resize to the input size / crop_fraction, then crop the centre
+    #: (random crop when augmenting); 1.0 resizes straight to the input size
+    crop_fraction: float = 0.875
     num_workers: int = 2  #: DataLoader worker processes
     skip_bad_images: bool = False  #: skip unreadable images instead of failing
     #: random crop + horizontal flip of training images; null: on exactly when images go through
@@ -118,6 +123,16 @@ class DataConfig:
         )
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
         _check(self.image_size > 0, "data.image_size", f"must be > 0, got {self.image_size}")
+        _check(
+            self.image_height is None or self.image_height > 0,
+            "data.image_height",
+            f"must be > 0 or null, got {self.image_height}",
+        )
+        _check(
+            0.0 < self.crop_fraction <= 1.0,
+            "data.crop_fraction",
+            f"must be in (0, 1], got {self.crop_fraction}",
+        )
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
 
 
@@ -132,12 +147,23 @@ class ModelConfig:
     #: with the tails (images go through the whole network every epoch: slow on a CPU)
     freeze_trunk: bool = True
     rank: int = 64  #: K, number of latent tasks (columns of L)
+    #: [top, bottom, left, right] fractions of the final feature map averaged into the features
+    #: (apcnn.models.pooling; e.g. [0.15, 0.85, 0.25, 0.75]: the middle, where a garment is);
+    #: null: global average pooling
+    pool_region: list[float] | None = None
     bias: bool = True  #: per-attribute bias next to x^T L s_m
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "model.rank", f"must be >= 1, got {self.rank}")
         if isinstance(self.tail, int):
             _check(self.tail >= 0, "model.tail", f"must be 'head' or an int >= 0, got {self.tail}")
+        if self.pool_region is not None:
+            from .models.pooling import check_region
+
+            try:
+                check_region(self.pool_region)
+            except ValueError as exc:
+                _check(False, "model.pool_region", str(exc))
 
 
 @dataclass

@@ -203,12 +203,15 @@ class Trainer:
             cfg.model.backbone, weights=cfg.model.weights
         )
         info = self.backbone_info
-        self.transform = build_transform(cfg.data.image_size, info.mean, info.std, train=False)
+        shape = {"crop_fraction": cfg.data.crop_fraction, "height": cfg.data.image_height}
+        self.transform = build_transform(
+            cfg.data.image_size, info.mean, info.std, train=False, **shape
+        )
         # a trainable trunk sees images every epoch (augmented unless data.augment=false)
         self.trainable_trunk = not cfg.model.freeze_trunk
         augment = self.trainable_trunk if cfg.data.augment is None else cfg.data.augment
         self.train_transform = build_transform(
-            cfg.data.image_size, info.mean, info.std, train=augment
+            cfg.data.image_size, info.mean, info.std, train=augment, **shape
         )
         self.datasets = build_datasets(cfg, self.transform)
         self.schema: AttributeSchema = self.datasets["train"][0].schema
@@ -216,7 +219,11 @@ class Trainer:
         self.task_weights = self._task_weights()
         m = self.schema.num_attributes
         cnn = build_attribute_cnn(
-            backbone, num_attributes=m, tail=cfg.model.tail, freeze_trunk=cfg.model.freeze_trunk
+            backbone,
+            num_attributes=m,
+            tail=cfg.model.tail,
+            freeze_trunk=cfg.model.freeze_trunk,
+            pool_region=cfg.model.pool_region,
         )
         head = LatentTaskLayer(cnn.feature_dim, num_latent=m, num_attributes=m)
         self.predictor = AttributePredictor(cnn, head, m).to(self.device)
@@ -234,11 +241,18 @@ class Trainer:
             "rank": m,
             "feature_dim": cnn.feature_dim,
         }
+        if cfg.model.pool_region is not None:
+            self.model_meta["pool_region"] = list(cfg.model.pool_region)
         self.preprocessing = {
             "image_size": cfg.data.image_size,
             "mean": list(info.mean),
             "std": list(info.std),
         }
+        # only when not the defaults, so older checkpoints and their readers stay as they were
+        if cfg.data.image_height is not None:
+            self.preprocessing["image_height"] = cfg.data.image_height
+        if cfg.data.crop_fraction != 0.875:
+            self.preprocessing["crop_fraction"] = cfg.data.crop_fraction
         self.splits = self._cache_splits()
         self.state = TrainState()
         if cfg.mtl.task_weights == "auto":  # from the initial tails, so the same on --resume
@@ -308,7 +322,8 @@ class Trainer:
         todo = [b.tolist() for b in batches if len(b)]
         generator = torch.Generator().manual_seed(seed)
         loader = iter(self._loader(train_set, batch_sampler=todo, generator=generator))
-        shape = (0, 3, self.cfg.data.image_size, self.cfg.data.image_size)
+        d = self.cfg.data
+        shape = (0, 3, d.image_height or d.image_size, d.image_size)
         # without workers the transforms draw from the global generator: seed it, and give the
         # caller's random state back afterwards
         with torch.random.fork_rng(devices=[]):
@@ -326,6 +341,8 @@ class Trainer:
             "tail": str(self.cfg.model.tail),
             "transform": repr(self.transform),
         }
+        if self.cfg.model.pool_region is not None:  # absent otherwise: older caches stay valid
+            key["pool_region"] = list(self.cfg.model.pool_region)
 
         def compute(rows: range) -> torch.Tensor:
             self.log.info("extracting trunk features (%d images)", len(dataset))

@@ -102,7 +102,7 @@ def export_onnx(
         check: run ``onnx.checker`` on the written model.
         exporter: ``"auto"``, ``"torchscript"`` or ``"dynamo"`` (see :func:`_export`).
 
-    Inputs/outputs: ``images`` float32 (B, 3, S, S) normalised with the sidecar's mean/std ->
+    Inputs/outputs: ``images`` float32 (B, 3, H, W) normalised with the sidecar's mean/std ->
     ``scores`` (B, M), ``probabilities`` (B, M).
     """
     from . import __version__
@@ -111,13 +111,15 @@ def export_onnx(
     _require("onnx", "ONNX export")
     predictor, meta = load_predictor(checkpoint)
     predictor = predictor.float().cpu().eval()
-    size = int(meta["preprocessing"]["image_size"])
+    from .data.transforms import input_shape
+
+    height, width = input_shape(meta["preprocessing"])
     out = Path(out_path)
     if out.is_dir():
         raise ValueError(f"out_path {out} is a folder; pass a file name such as model.onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     module = _ExportModule(predictor).eval()
-    example = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     _export(module, example, out, opset, exporter)
     if check:
         import onnx
@@ -131,7 +133,7 @@ def export_onnx(
         "model": meta.get("model"),
         "schema": meta["schema"],
         "preprocessing": meta["preprocessing"],
-        "inputs": {INPUT_NAME: ["batch", 3, size, size]},
+        "inputs": {INPUT_NAME: ["batch", 3, height, width]},
         "outputs": {name: ["batch", int(meta["model"]["num_attributes"])] for name in OUTPUT_NAMES},
         "opset": int(opset),
         "sha256": _sha256(out),
@@ -251,7 +253,7 @@ def predict_onnx(
     """
     from .data.images import open_rgb
     from .data.schema import AttributeSchema
-    from .data.transforms import build_transform
+    from .data.transforms import eval_transform_from_preprocessing
     from .predictor import decisions_from_scores
 
     if not Path(onnx_path).is_file():
@@ -263,7 +265,7 @@ def predict_onnx(
     if not images:
         raise ValueError("images is empty; pass at least one image file")
     pre = meta["preprocessing"]
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    transform = eval_transform_from_preprocessing(pre)
     session = onnx_session(onnx_path)
     scores, probs = [], []
     paths = [str(p) for p in images]

@@ -21,13 +21,13 @@ def checkpoint_dataset(
     checkpoint's preprocessing; ``root`` points it at another copy of the data.
     """
     from .config import TrainConfig, config_from_dict
-    from .data.transforms import build_transform
+    from .data.transforms import eval_transform_from_preprocessing
 
     cfg = config_from_dict(TrainConfig, meta["config"])
     if root is not None:
         cfg.data.root = root
     pre = meta["preprocessing"]
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    transform = eval_transform_from_preprocessing(pre)
     datasets = build_datasets(cfg, transform)
     if split not in datasets:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
@@ -67,12 +67,12 @@ def evaluate_checkpoint(
 def predict_images(checkpoint: str | Path, images: list[str]) -> list[dict[str, Any]]:
     """Per image: per attribute score, calibrated probability and decision."""
     from .data.images import open_rgb
-    from .data.transforms import build_transform
+    from .data.transforms import eval_transform_from_preprocessing
     from .predictor import decisions_from_scores, load_predictor
 
     predictor, meta = load_predictor(checkpoint)
     pre = meta["preprocessing"]
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    transform = eval_transform_from_preprocessing(pre)
     batch = torch.stack([transform(open_rgb(p)) for p in images])
     with torch.inference_mode():
         scores = predictor(batch)

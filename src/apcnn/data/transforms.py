@@ -13,8 +13,10 @@
 
   ``resize_size`` defaults to ``round(image_size / crop_fraction)`` with ``crop_fraction=0.875``
   (the paper's 256 -> 224 AlexNet protocol); ``crop_fraction=1.0`` resizes straight to the input
-  size. Images are squashed to a square (no aspect-preserving resize): garment photos are
-  portrait, and a centre crop of a short-side resize would cut the collar or the hem.
+  size. Images are resized to the input shape, never cropped to a short side: garment photos are
+  portrait, and a centre crop of a short-side resize would cut the collar or the hem. The input
+  is square unless ``height`` is given (portrait input, e.g. 320 x 480 for Clothing's 2:3
+  photos, keeps their aspect ratio).
 
 Geometry uses torchvision v2 on the PIL image (uint8, cheapest); the last step,
 :class:`ToNormalizedTensor`, fuses ``ToImage + ToDtype(scale=True) + Normalize`` into one
@@ -90,18 +92,21 @@ def build_transform(
     *,
     crop_fraction: float = 0.875,
     hflip: bool = True,
+    height: int | None = None,
 ) -> v2.Compose:
-    """The train (``train=True``) or eval pipeline; output ``(3, image_size, image_size)`` float32.
+    """The train (``train=True``) or eval pipeline; output ``(3, height, image_size)`` float32.
 
     Args:
-        image_size: side of the square network input.
+        image_size: width of the network input (and its height when ``height`` is None).
         mean, std: per-channel normalisation ``(x - mean) / std`` on ``[0, 1]`` values; ``None``
             for both skips normalisation.
         train: random crop + flip when True, centre crop when False.
         crop_fraction: ``image_size / resize_size`` in ``(0, 1]``.
         hflip: random horizontal flip in training (turn off for left/right attributes).
+        height: height of the network input; None: square ``image_size``.
     """
     s = _size(image_size)
+    h = s if height is None else _size(height)
     if not 0.0 < float(crop_fraction) <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
     if (mean is None) != (std is None):
@@ -110,13 +115,32 @@ def build_transform(
         raise ValueError(f"mean and std need 3 values (RGB), got {mean!r} and {std!r}")
     if std is not None and any(float(v) <= 0 for v in std):
         raise ValueError(f"std values must be > 0, got {std!r}")
-    resize = max(s, round(s / float(crop_fraction)))
-    steps: list[v2.Transform] = [v2.Resize((resize, resize), antialias=True)]
+    resize = (max(h, round(h / float(crop_fraction))), max(s, round(s / float(crop_fraction))))
+    steps: list[v2.Transform] = [v2.Resize(resize, antialias=True)]
     if train:
-        steps.append(v2.RandomCrop(s))
+        steps.append(v2.RandomCrop((h, s)))
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
-    elif resize != s:
-        steps.append(v2.CenterCrop(s))
+    elif resize != (h, s):
+        steps.append(v2.CenterCrop((h, s)))
     steps.append(ToNormalizedTensor(mean, std))
     return v2.Compose(steps)
+
+
+def eval_transform_from_preprocessing(pre: dict[str, Any]) -> v2.Compose:
+    """The evaluation transform a checkpoint recorded: ``pre`` is its ``preprocessing`` dict
+    (``image_size``, ``mean``, ``std``, and, when not the defaults, ``image_height`` and
+    ``crop_fraction``)."""
+    return build_transform(
+        pre["image_size"],
+        pre["mean"],
+        pre["std"],
+        train=False,
+        crop_fraction=pre.get("crop_fraction", 0.875),
+        height=pre.get("image_height"),
+    )
+
+
+def input_shape(pre: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of the network input a ``preprocessing`` dict describes."""
+    return int(pre.get("image_height") or pre["image_size"]), int(pre["image_size"])

@@ -90,6 +90,8 @@ class AttributeCNN(nn.Module):
         info: the backbone's ``BackboneInfo`` (normalisation, weights hash), kept for callers.
         chunk_size: attribute copies per batched pass of the tails (``StackedTail``): "auto"
             (cache-sized blocks on the CPU, all at once elsewhere), None (all at once) or an int.
+        pool_region: the window of the tails' final feature map that is averaged,
+            ``(top, bottom, left, right)`` fractions (:mod:`apcnn.models.pooling`); None: all.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class AttributeCNN(nn.Module):
         freeze_trunk: bool = True,
         info: BackboneInfo | None = None,
         chunk_size: int | str | None = "auto",
+        pool_region: Sequence[float] | None = None,
     ):
         super().__init__()
         if not isinstance(num_attributes, int) or num_attributes < 1:
@@ -110,7 +113,9 @@ class AttributeCNN(nn.Module):
         self.freeze_trunk = bool(freeze_trunk)
         self.info = info
         self.trunk, tail_layers = split_backbone(backbone, tail)
-        self.tails = StackedTail(tail_layers, num_attributes, chunk_size=chunk_size)
+        self.tails = StackedTail(
+            tail_layers, num_attributes, chunk_size=chunk_size, pool_region=pool_region
+        )
         self.feature_dim = self.tails.feature_dim
         if self.freeze_trunk:
             self.trunk.requires_grad_(False)

@@ -15,10 +15,13 @@ This is the CPU-friendly tail: the trunk's output is a D-vector per image, cache
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from .attribute_cnn import AttributeCNN
+from .pooling import check_region, region_mean
 
 
 class StackedLinearTail(nn.Module):
@@ -54,17 +57,25 @@ class StackedLinearTail(nn.Module):
 
 
 class PooledTrunk(nn.Module):
-    """The complete pretrained network up to its pooled features: images -> (B, D)."""
+    """The complete pretrained network up to its pooled features: images -> (B, D).
 
-    def __init__(self, backbone: nn.Module) -> None:
+    ``pool_region`` (see :mod:`apcnn.models.pooling`) averages a window of the final feature map
+    instead of the backbone's own global pooling.
+    """
+
+    def __init__(self, backbone: nn.Module, pool_region: Sequence[float] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
+        self.pool_region = check_region(pool_region)
         # the ImageNet classifier stays in the state dict but takes no part in the pooled
         # features: never trained (DDP refuses parameters without gradients)
         backbone.get_classifier().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
+        features = self.backbone.forward_features(images)
+        if self.pool_region is not None:
+            return region_mean(features, self.pool_region)
+        return self.backbone.forward_head(features, pre_logits=True)
 
 
 class FCAttributeCNN(AttributeCNN):
@@ -74,13 +85,20 @@ class FCAttributeCNN(AttributeCNN):
     ``forward``, ``train``, ``feature_dim``) is :class:`AttributeCNN`'s; only the split differs.
     """
 
-    def __init__(self, backbone: nn.Module, num_attributes: int, *, freeze_trunk: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_attributes: int,
+        *,
+        freeze_trunk: bool = True,
+        pool_region: Sequence[float] | None = None,
+    ):
         nn.Module.__init__(self)  # AttributeCNN.__init__ splits conv blocks; this split is fixed
         self.num_attributes = num_attributes
         self.tail = "fc"
         self.freeze_trunk = bool(freeze_trunk)
         self.info = None
-        self.trunk = PooledTrunk(backbone)
+        self.trunk = PooledTrunk(backbone, pool_region)
         self.feature_dim = int(backbone.num_features)
         self.tails = StackedLinearTail(self.feature_dim, num_attributes)
         if self.freeze_trunk:
@@ -95,10 +113,19 @@ class FCAttributeCNN(AttributeCNN):
 
 
 def build_attribute_cnn(
-    backbone: nn.Module, num_attributes: int, *, tail: str | int, freeze_trunk: bool
+    backbone: nn.Module,
+    num_attributes: int,
+    *,
+    tail: str | int,
+    freeze_trunk: bool,
+    pool_region: Sequence[float] | None = None,
 ) -> nn.Module:
     """``AttributeCNN`` for conv tails (``"head"``, an int, ``"all"``), ``FCAttributeCNN`` for
-    ``"fc"``."""
+    ``"fc"``; both pool the final feature map over ``pool_region`` (None: all of it)."""
     if tail == "fc":
-        return FCAttributeCNN(backbone, num_attributes, freeze_trunk=freeze_trunk)
-    return AttributeCNN(backbone, num_attributes, tail=tail, freeze_trunk=freeze_trunk)
+        return FCAttributeCNN(
+            backbone, num_attributes, freeze_trunk=freeze_trunk, pool_region=pool_region
+        )
+    return AttributeCNN(
+        backbone, num_attributes, tail=tail, freeze_trunk=freeze_trunk, pool_region=pool_region
+    )

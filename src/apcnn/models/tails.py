@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pooling import RegionPool, check_region, region_mean
+
 __all__ = ["StackedBatchNorm2d", "StackedConv2d", "StackedTail", "stack_module", "unstack_module"]
 
 
@@ -357,12 +359,20 @@ class StackedTail(nn.Module):
             least 1 — a pass over all copies at once streams activations M times larger than
             the caches, which on CPUs costs more than the per-pass overhead it saves
             (``benchmarks/bench_tails.py``). Results do not depend on ``chunk_size``.
+        pool_region: average only this window of the last feature map,
+            ``(top, bottom, left, right)`` fractions (:mod:`apcnn.models.pooling`); None: all.
     """
 
     def __init__(
-        self, layers: Sequence[nn.Module], num_copies: int, *, chunk_size: int | str | None = "auto"
+        self,
+        layers: Sequence[nn.Module],
+        num_copies: int,
+        *,
+        chunk_size: int | str | None = "auto",
+        pool_region: Sequence[float] | None = None,
     ):
         super().__init__()
+        self.pool_region = check_region(pool_region)
         if num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
         if len(layers) == 0:
@@ -417,7 +427,7 @@ class StackedTail(nn.Module):
         M, c = self.num_copies, self.copies_per_pass(x)
         if c >= M:
             y = self.layers(x.repeat(1, M, 1, 1) if self.expand_input else x)
-            return y.mean((2, 3)).view(y.shape[0], M, self.feature_dim)
+            return region_mean(y, self.pool_region).view(y.shape[0], M, self.feature_dim)
         sizes = [min(c, M - start) for start in range(0, M, c)]
         stacked = [mod for mod in self.layers.modules() if isinstance(mod, _STACKED)]
         for mod in stacked:
@@ -428,7 +438,7 @@ class StackedTail(nn.Module):
                 for mod in stacked:
                     mod.select_chunk(j)
                 y = self.layers(x.repeat(1, n, 1, 1) if self.expand_input else x)
-                outs.append(y.mean((2, 3)))  # channel layout (n, D)
+                outs.append(region_mean(y, self.pool_region))  # channel layout (n, D)
         finally:
             for mod in stacked:
                 mod.select_chunk(None)
@@ -438,7 +448,7 @@ class StackedTail(nn.Module):
         """Copy m as an independent module: (B, C, H, W) -> (B, D)."""
         self._check_index(m)
         mods = [unstack_module(layer, m) for layer in self.layers]
-        seq = nn.Sequential(*mods, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        seq = nn.Sequential(*mods, RegionPool(self.pool_region))
         return seq.train(self.training)
 
     @torch.no_grad()
