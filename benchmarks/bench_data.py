@@ -39,7 +39,7 @@ def naive(paths: list[Path]) -> int:
     n = 0
     for b in range(0, len(paths), BATCH):
         xs = []
-        for p in paths[b:b + BATCH]:
+        for p in paths[b : b + BATCH]:
             img = Image.open(p).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
             x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
             xs.append((x - mean) / std)
@@ -79,8 +79,11 @@ def measure(variants: dict, repeats: int) -> dict[str, tuple[float, float]]:
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     if not (CLOTHING / "images").is_dir():
-        print(f"bench_data: real Clothing images not found at {CLOTHING}; this benchmark needs "
-              "../shared/data/ClothingAttributeDataset", file=sys.stderr)
+        print(
+            f"bench_data: real Clothing images not found at {CLOTHING}; this benchmark needs "
+            "../shared/data/ClothingAttributeDataset",
+            file=sys.stderr,
+        )
         return 2
     import torch
 
@@ -97,8 +100,9 @@ def main(argv: list[str]) -> int:
         p.read_bytes()
     reps = 3
     with tempfile.TemporaryDirectory() as tmp:
-        cached = create_dataset("clothing", root=CLOTHING, transform=tf, cache_dir=tmp,
-                                image_size=224).subset(range(n))
+        cached = create_dataset(
+            "clothing", root=CLOTHING, transform=tf, cache_dir=tmp, image_size=224
+        ).subset(range(n))
         pipeline(cached, 0)  # fill the cache (first epoch)
         variants = {
             "naive PIL loop, 1 process": (naive, (paths,)),

@@ -92,8 +92,9 @@ def cvx_L(X, Y, mask, S, gamma, lam):
     L = cp.Variable((D, K))
     V = cp.Variable((D, M))  # V = L S keeps the problem sparse (X @ (L @ S) would be dense)
     loss = 0.5 * cp.sum_squares(cp.pos(mask.astype(float) - cp.multiply(Y * mask, X @ V)))
-    prob = cp.Problem(cp.Minimize(loss + gamma * cp.sum(cp.abs(L)) + lam * cp.sum_squares(L)),
-                      [V == L @ S])
+    prob = cp.Problem(
+        cp.Minimize(loss + gamma * cp.sum(cp.abs(L)) + lam * cp.sum_squares(L)), [V == L @ S]
+    )
     t0 = time.perf_counter()
     prob.solve(solver="CLARABEL")
     total = time.perf_counter() - t0
@@ -166,17 +167,28 @@ def bench_S(N, D, K, shared):
 
     F_cvx = F(S_cvx)
     tol, times, F_ours = to_target(
-        lambda tol: sv.fit_combination(X, Y, L, GROUPS, mu, mask, tol=tol), F, F_cvx)
-    w8, (S8, info) = tight(lambda: sv.fit_combination(X, Y, L, GROUPS, mu, mask, tol=1e-8,
-                                                      return_info=True))
+        lambda tol: sv.fit_combination(X, Y, L, GROUPS, mu, mask, tol=tol), F, F_cvx
+    )
+    w8, (S8, info) = tight(
+        lambda: sv.fit_combination(X, Y, L, GROUPS, mu, mask, tol=1e-8, return_info=True)
+    )
     gap = sv.optimality_gap_S(X, Y, L, S8, GROUPS, mu, mask)
     gap_cvx = sv.optimality_gap_S(X, Y, L, S_cvx, GROUPS, mu, mask, zero_tol=1e-6)
     nz = np.mean([np.linalg.norm(S8[:, grp], axis=1) > 0 for grp in GROUPS])
     return dict(
         name=f"S-step, {'shared' if shared else 'attribute-specific'} X",
-        size=f"N={N}, D={D}, K={K}", cvx_solve=cvx_solve, cvx_total=cvx_total, tol=tol,
-        times=times, rel=(F_ours - F_cvx) / abs(F_cvx), wall8=w8, iters8=info.n_iter,
-        rel8=(F(S8) - F_cvx) / abs(F_cvx), gap=gap, gap_rel=gap / info.scale, gap_cvx=gap_cvx,
+        size=f"N={N}, D={D}, K={K}",
+        cvx_solve=cvx_solve,
+        cvx_total=cvx_total,
+        tol=tol,
+        times=times,
+        rel=(F_ours - F_cvx) / abs(F_cvx),
+        wall8=w8,
+        iters8=info.n_iter,
+        rel8=(F(S8) - F_cvx) / abs(F_cvx),
+        gap=gap,
+        gap_rel=gap / info.scale,
+        gap_cvx=gap_cvx,
         sparsity=f"{nz:.0%} of the K·G groups S[k, g] nonzero",
     )
 
@@ -195,16 +207,27 @@ def bench_L(N, D, K):
 
     F_cvx = F(L_cvx)
     tol, times, F_ours = to_target(
-        lambda tol: sv.fit_latent(X, Y, S, gamma, lam, mask, tol=tol), F, F_cvx)
-    w8, (L8, info) = tight(lambda: sv.fit_latent(X, Y, S, gamma, lam, mask, tol=1e-8,
-                                                 return_info=True))
+        lambda tol: sv.fit_latent(X, Y, S, gamma, lam, mask, tol=tol), F, F_cvx
+    )
+    w8, (L8, info) = tight(
+        lambda: sv.fit_latent(X, Y, S, gamma, lam, mask, tol=1e-8, return_info=True)
+    )
     gap = sv.optimality_gap_L(X, Y, L8, S, gamma, lam, mask)
     gap_cvx = sv.optimality_gap_L(X, Y, L_cvx, S, gamma, lam, mask, zero_tol=1e-6)
     return dict(
-        name="L-step, shared X", size=f"N={N}, D={D}, K={K}", cvx_solve=cvx_solve,
-        cvx_total=cvx_total, tol=tol, times=times, rel=(F_ours - F_cvx) / abs(F_cvx), wall8=w8,
-        iters8=info.n_iter, rel8=(F(L8) - F_cvx) / abs(F_cvx), gap=gap,
-        gap_rel=gap / info.scale, gap_cvx=gap_cvx,
+        name="L-step, shared X",
+        size=f"N={N}, D={D}, K={K}",
+        cvx_solve=cvx_solve,
+        cvx_total=cvx_total,
+        tol=tol,
+        times=times,
+        rel=(F_ours - F_cvx) / abs(F_cvx),
+        wall8=w8,
+        iters8=info.n_iter,
+        rel8=(F(L8) - F_cvx) / abs(F_cvx),
+        gap=gap,
+        gap_rel=gap / info.scale,
+        gap_cvx=gap_cvx,
         sparsity=f"{np.mean(L8 != 0):.0%} of L nonzero",
     )
 
@@ -222,8 +245,11 @@ def main(argv: list[str]) -> int:
     sv.fit_combination(Xw, Yw, Lw, GROUPS, 1.0, mw)
     sv.fit_latent(Xw, Yw, np.ones((8, M)), 1.0, 1.0, mw)
     rows = []
-    for job in (lambda: bench_S(N, D, K, True), lambda: bench_S(N, D, K, False),
-                lambda: bench_L(N, DL, KL)):
+    for job in (
+        lambda: bench_S(N, D, K, True),
+        lambda: bench_S(N, D, K, False),
+        lambda: bench_L(N, DL, KL),
+    ):
         r = job()
         print(r, flush=True)
         rows.append(r)
@@ -241,9 +267,11 @@ def main(argv: list[str]) -> int:
         "",
         "| problem | size | CLARABEL solve s (cvxpy total) | ours s to 1e-6: "
         + ", ".join(f"{t} thr. wall (CPU)" for t in THREADS)
-        + " [tol] | speedup " + " / ".join(f"{t} thr." for t in THREADS)
+        + " [tol] | speedup "
+        + " / ".join(f"{t} thr." for t in THREADS)
         + " | (F_ours − F_cvx)/F_cvx | ours at tol=1e-8: s ("
-        + " / ".join(f"{t} thr." for t in THREADS) + "), iterations, rel. F | "
+        + " / ".join(f"{t} thr." for t in THREADS)
+        + "), iterations, rel. F | "
         "KKT gap ours abs (rel.) | KKT gap CLARABEL | solution |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

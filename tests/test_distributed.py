@@ -322,8 +322,14 @@ def test_two_processes_fine_tune_a_trainable_trunk(tmp_path):
     from apcnn.predictor import build_predictor
 
     out = tmp_path / "run"
-    cmd, env = _train(tmp_path, out, "model.freeze_trunk=false", "train.methods=[S-CNN, MG-CNN]",
-                      "train.trunk_lr_scale=1", nproc=2)
+    cmd, env = _train(
+        tmp_path,
+        out,
+        "model.freeze_trunk=false",
+        "train.methods=[S-CNN, MG-CNN]",
+        "train.trunk_lr_scale=1",
+        nproc=2,
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())["methods"]

@@ -206,8 +206,11 @@ def test_keep_best_returns_to_the_best_validated_round(tmp_path, monkeypatch, ke
 
     monkeypatch.setattr(Trainer, "_keep_if_best", fake_val)
     out = tmp_path / "run"
-    result = train(tiny_config(out, "train.methods=[S-CNN, MG-CNN]",
-                               f"train.keep_best={str(keep_best).lower()}"))
+    result = train(
+        tiny_config(
+            out, "train.methods=[S-CNN, MG-CNN]", f"train.keep_best={str(keep_best).lower()}"
+        )
+    )
     final, _ = load_checkpoint(out / "checkpoints" / "MG-CNN")
     if keep_best:
         assert result["chosen"]["MG-CNN"]["best_round"] == 0
@@ -221,11 +224,50 @@ def test_keep_best_returns_to_the_best_validated_round(tmp_path, monkeypatch, ke
 def test_auto_task_weights_are_chosen_and_recorded(tmp_path):
     from apcnn.engine import train
 
-    result = train(tiny_config(tmp_path / "run", "mtl.task_weights=auto", "train.methods=[S-CNN]",
-                               "train.epochs_single=1"))
+    result = train(
+        tiny_config(
+            tmp_path / "run",
+            "mtl.task_weights=auto",
+            "train.methods=[S-CNN]",
+            "train.epochs_single=1",
+        )
+    )
     weights = result["chosen"]["task_weights"]
     assert set(weights) == set(result["schema"].names)
     assert all(w > 0 for w in weights.values())
     assert "task weights (auto)" in (tmp_path / "run" / "train.log").read_text()
     with pytest.raises(ConfigError, match="mtl.task_weights"):
         load_config(TrainConfig, None, ["mtl.task_weights=sometimes"])
+
+
+def test_portrait_input_and_region_pooling_reach_the_checkpoint(tmp_path):
+    """data.image_height / crop_fraction and model.pool_region train, are saved with the
+    checkpoint, and evaluate/predict rebuild the same input pipeline and pooling from it."""
+    from apcnn.engine import train
+    from apcnn.inference import evaluate_checkpoint, predict_images
+    from apcnn.predictor import load_predictor
+
+    out = tmp_path / "run"
+    extra = [
+        "data.image_height=96",
+        "data.crop_fraction=1.0",
+        "model.tail=fc",
+        "model.pool_region=[0.15, 0.85, 0.25, 0.75]",
+        "train.methods=[S-CNN]",
+    ]
+    train(tiny_config(out, *extra))
+    metrics = json.loads((out / "metrics.json").read_text())["methods"]["S-CNN"]
+    ckpt = out / "checkpoints" / "S-CNN"
+    predictor, meta = load_predictor(ckpt)
+    assert meta["preprocessing"]["image_height"] == 96
+    assert meta["preprocessing"]["crop_fraction"] == 1.0
+    assert meta["model"]["pool_region"] == [0.15, 0.85, 0.25, 0.75]
+    assert predictor.cnn.trunk.pool_region == (0.15, 0.85, 0.25, 0.75)
+    evaluated = evaluate_checkpoint(ckpt)
+    assert evaluated["metrics"]["accuracy"]["total"] == pytest.approx(metrics["total"], abs=1e-6)
+    image = tmp_path / "portrait.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((150, 100, 3), 128, dtype=np.uint8)).save(image)
+    (pred,) = predict_images(ckpt, [str(image)])
+    assert len(pred["attributes"]) == meta["model"]["num_attributes"]

@@ -39,8 +39,11 @@ def test_trainable_trunk_is_fine_tuned_and_saved(tmp_path):
     pretrained = build_predictor(meta["model"], pretrained=True).state_dict()
     trunk = _trunk_tensors(tensors)
     assert trunk, sorted(tensors)[:5]
-    changed = [k for k, v in trunk.items() if v.dtype.is_floating_point
-               and not torch.equal(v, pretrained[k])]
+    changed = [
+        k
+        for k, v in trunk.items()
+        if v.dtype.is_floating_point and not torch.equal(v, pretrained[k])
+    ]
     assert len(changed) > len(trunk) // 2, "the trunk did not train"
     # the saved predictor (trunk included) reproduces the run's test metrics on its own
     metrics = json.loads((out / "metrics.json").read_text())["methods"]["MG-CNN"]
@@ -53,12 +56,21 @@ def test_trunk_learning_rate_scale_zero_keeps_trunk_weights(tmp_path):
     from apcnn.predictor import build_predictor
 
     out = tmp_path / "run"
-    train(tiny_config(out, *TRAINABLE, "train.trunk_lr_scale=0", "train.methods=[S-CNN]",
-                      "train.epochs_single=1", "train.weight_decay=0"))
+    train(
+        tiny_config(
+            out,
+            *TRAINABLE,
+            "train.trunk_lr_scale=0",
+            "train.methods=[S-CNN]",
+            "train.epochs_single=1",
+            "train.weight_decay=0",
+        )
+    )
     tensors, meta = load_checkpoint(out / "checkpoints" / "S-CNN")
     pretrained = build_predictor(meta["model"], pretrained=True).state_dict()
-    weights = {k: v for k, v in _trunk_tensors(tensors).items()
-               if k.endswith("weight") and "bn" not in k}
+    weights = {
+        k: v for k, v in _trunk_tensors(tensors).items() if k.endswith("weight") and "bn" not in k
+    }
     assert weights
     for k, v in weights.items():
         assert torch.equal(v, pretrained[k]), k

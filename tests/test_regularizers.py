@@ -68,8 +68,9 @@ def test_prox_group_refuses_overlapping():
 
 def test_prox_l1_closed_form():
     V = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.5], dtype=torch.float64)
-    torch.testing.assert_close(R.prox_l1(V, 0.5),
-                               torch.tensor([-1.5, 0.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        R.prox_l1(V, 0.5), torch.tensor([-1.5, 0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("groups", [GROUPS, OVERLAP])

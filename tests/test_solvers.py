@@ -81,7 +81,7 @@ def test_fit_combination_matches_cvxpy_and_certificate(shared, bias):
     X, Y, mask, L, _ = make_problem(shared, seed=1)
     mu = 0.3 * _mu_max(X, Y, mask, L, GROUPS)
     out = sv.fit_combination(X, Y, L, GROUPS, mu, mask, bias=bias or None)
-    S, b = (out if bias else (out, None))
+    S, b = out if bias else (out, None)
     ours = sv.objective(X, Y, L, S, GROUPS, mu, 0.0, 0.0, mask, bias=b)
     ref = cvx_S(X, Y, mask, L, GROUPS, mu, bias)
     assert ours <= ref * (1 + 1e-6)
@@ -130,8 +130,9 @@ def test_alternating_with_task_weights_is_monotone_and_weighted():
     kw = dict(mu=0.5, gamma=0.01, lam=0.5, K=K, mask=mask, bias=True, max_outer=8, tol=1e-7)
     res = sv.fit_alternating(X, Y, GROUPS, task_weights=TASK_WEIGHTS, **kw)
     assert all(b <= a * (1 + 1e-9) for a, b in zip(res.history, res.history[1:]))
-    final = sv.objective(X, Y, res.L, res.S, GROUPS, 0.5, 0.01, 0.5, mask, bias=res.bias,
-                         task_weights=TASK_WEIGHTS)
+    final = sv.objective(
+        X, Y, res.L, res.S, GROUPS, 0.5, 0.01, 0.5, mask, bias=res.bias, task_weights=TASK_WEIGHTS
+    )
     assert final == pytest.approx(res.history[-1], rel=1e-9)
     with pytest.raises(ValueError, match="task_weights"):
         sv.fit_alternating(X, Y, GROUPS, task_weights=np.ones(M + 1), **kw)
@@ -145,7 +146,7 @@ def test_fit_latent_matches_cvxpy_and_certificate(shared, bias):
     X, Y, mask, _, S = make_problem(shared, seed=2)
     gamma, lam = 4.0, 0.5
     out = sv.fit_latent(X, Y, S, gamma, lam, mask, bias=bias or None)
-    L, b = (out if bias else (out, None))
+    L, b = out if bias else (out, None)
     ours = sv.objective(X, Y, L, S, GROUPS, 0.0, gamma, lam, mask, bias=b)
     ref = cvx_L(X, Y, mask, S, gamma, lam, bias)
     assert ours <= ref * (1 + 1e-6)
@@ -157,8 +158,9 @@ def test_spgd_disjoint_reaches_fista_optimum():
     X, Y, mask, L, _ = make_problem(True, seed=3)
     mu = 0.3 * _mu_max(X, Y, mask, L, GROUPS)
     S_f = sv.fit_combination(X, Y, L, GROUPS, mu, mask)
-    S_s, info = sv.fit_combination(X, Y, L, GROUPS, mu, mask, method="spgd", max_iter=20000,
-                                   return_info=True)
+    S_s, info = sv.fit_combination(
+        X, Y, L, GROUPS, mu, mask, method="spgd", max_iter=20000, return_info=True
+    )
     f = sv.objective(X, Y, L, S_f, GROUPS, mu, 0, 0, mask)
     s = sv.objective(X, Y, L, S_s, GROUPS, mu, 0, 0, mask)
     assert f <= s <= f * (1 + 1e-7)
@@ -170,8 +172,9 @@ def test_spgd_disjoint_reaches_fista_optimum():
 def test_spgd_overlapping_matches_cvxpy(shared):
     X, Y, mask, L, _ = make_problem(shared, seed=4)
     mu = 0.2 * _mu_max(X, Y, mask, L, OVERLAP)
-    S = sv.fit_combination(X, Y, L, OVERLAP, mu, mask, method="spgd", overlapping=True,
-                           max_iter=20000)
+    S = sv.fit_combination(
+        X, Y, L, OVERLAP, mu, mask, method="spgd", overlapping=True, max_iter=20000
+    )
     ours = sv.objective(X, Y, L, S, OVERLAP, mu, 0, 0, mask, overlapping=True)
     ref = cvx_S(X, Y, mask, L, OVERLAP, mu, False)
     assert ours <= ref * (1 + 1e-6)
@@ -185,8 +188,10 @@ def test_logistic_loss_matches_cvxpy():
     ours = sv.objective(X, Y, L, S, GROUPS, mu, 0, 0, mask, loss="logistic")
     Sv = cp.Variable((K, M))
     P = X @ L
-    loss = sum(cp.sum(cp.logistic(-cp.multiply(Y[mask[:, m], m], P[mask[:, m]] @ Sv[:, m])))
-               for m in range(M))
+    loss = sum(
+        cp.sum(cp.logistic(-cp.multiply(Y[mask[:, m], m], P[mask[:, m]] @ Sv[:, m])))
+        for m in range(M)
+    )
     pen = sum(cp.norm(Sv[k, g], 2) for k in range(K) for g in GROUPS)
     prob = cp.Problem(cp.Minimize(loss + mu * pen))
     prob.solve(solver="CLARABEL")
@@ -207,8 +212,13 @@ def _lbfgs_unregularised(P, Y, mask):
             r = np.maximum(0, 1 - ym * (Pm @ s))
             return 0.5 * r @ r, -Pm.T @ (ym * r)
 
-        res = scipy.optimize.minimize(f, np.zeros(P.shape[1]), jac=True, method="L-BFGS-B",
-                                      options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 10000})
+        res = scipy.optimize.minimize(
+            f,
+            np.zeros(P.shape[1]),
+            jac=True,
+            method="L-BFGS-B",
+            options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 10000},
+        )
         total += res.fun
     return total
 
@@ -253,8 +263,9 @@ def test_warm_start_at_optimum_returns_it():
 def test_alternating_monotone_and_stationary(shared, bias):
     X, Y, mask, _, _ = make_problem(shared, seed=9)
     mu, gamma, lam = 2.0, 1.0, 0.5
-    res = sv.fit_alternating(X, Y, GROUPS, mu=mu, gamma=gamma, lam=lam, K=K, mask=mask,
-                             bias=bias, max_outer=40, tol=1e-3)
+    res = sv.fit_alternating(
+        X, Y, GROUPS, mu=mu, gamma=gamma, lam=lam, K=K, mask=mask, bias=bias, max_outer=40, tol=1e-3
+    )
     h = np.array(res.history)
     assert len(h) == 2 * res.n_iter + 1
     assert np.all(np.diff(h) <= 0)
@@ -271,13 +282,35 @@ def test_alternating_monotone_and_stationary(shared, bias):
 
 def test_alternating_spgd_overlapping_and_random_start_monotone():
     X, Y, mask, _, _ = make_problem(True, seed=10)
-    res = sv.fit_alternating(X, Y, OVERLAP, mu=2.0, gamma=1.0, lam=0.5, K=K, mask=mask,
-                             method="spgd", overlapping=True, max_outer=5, max_iter=3000)
+    res = sv.fit_alternating(
+        X,
+        Y,
+        OVERLAP,
+        mu=2.0,
+        gamma=1.0,
+        lam=0.5,
+        K=K,
+        mask=mask,
+        method="spgd",
+        overlapping=True,
+        max_outer=5,
+        max_iter=3000,
+    )
     assert np.all(np.diff(res.history) <= 0)
     rng = np.random.default_rng(0)
-    res = sv.fit_alternating(X, Y, GROUPS, mu=2.0, gamma=1.0, lam=0.5, K=K, mask=mask,
-                             L0=rng.standard_normal((D, K)), S0=rng.standard_normal((K, M)),
-                             max_outer=5)
+    res = sv.fit_alternating(
+        X,
+        Y,
+        GROUPS,
+        mu=2.0,
+        gamma=1.0,
+        lam=0.5,
+        K=K,
+        mask=mask,
+        L0=rng.standard_normal((D, K)),
+        S0=rng.standard_normal((K, M)),
+        max_outer=5,
+    )
     assert np.all(np.diff(res.history) <= 0)
 
 
@@ -290,8 +323,9 @@ def test_alternating_callback_and_w0():
         return it >= 2
 
     W0 = sv.fit_independent(X, Y, mask, 1.0)
-    res = sv.fit_alternating(X, Y, GROUPS, mu=1.0, gamma=0.1, lam=0.1, K=3, mask=mask, W0=W0,
-                             callback=cb, tol=1e-12)
+    res = sv.fit_alternating(
+        X, Y, GROUPS, mu=1.0, gamma=0.1, lam=0.1, K=3, mask=mask, W0=W0, callback=cb, tol=1e-12
+    )
     assert [s[0] for s in seen] == [1, 2] and res.n_iter == 2 and not res.converged
     assert res.L.shape == (D, 3) and res.S.shape == (3, M)
 
@@ -310,8 +344,9 @@ def test_fit_independent_matches_per_column_lbfgs():
             r = np.maximum(0, 1 - ym * (Xm @ w))
             return 0.5 * r @ r + lam * w @ w, -Xm.T @ (ym * r) + 2 * lam * w
 
-        res = scipy.optimize.minimize(f, np.zeros(D), jac=True, method="L-BFGS-B",
-                                      options={"gtol": 1e-12, "ftol": 1e-15})
+        res = scipy.optimize.minimize(
+            f, np.zeros(D), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15}
+        )
         np.testing.assert_allclose(W[:, m], res.x, atol=1e-5)  # strictly convex: unique
     W, b = sv.fit_independent(X, Y, mask, lam, bias=True)
     assert W.shape == (D, M) and b.shape == (M,)
@@ -350,8 +385,9 @@ def test_torch_in_torch_out_and_float32():
     np.testing.assert_allclose(S32, S64, atol=1e-3)
     L32 = sv.fit_latent(Xt.float(), Yt, torch.tensor(S), 2.0, 0.5, mt)
     assert isinstance(L32, torch.Tensor) and L32.dtype == torch.float32
-    res = sv.fit_alternating(Xt.float(), Yt, GROUPS, mu=1.0, gamma=0.5, lam=0.5, K=3, mask=mt,
-                             bias=True, max_outer=3)
+    res = sv.fit_alternating(
+        Xt.float(), Yt, GROUPS, mu=1.0, gamma=0.5, lam=0.5, K=3, mask=mt, bias=True, max_outer=3
+    )
     assert res.L.dtype == res.S.dtype == res.bias.dtype == torch.float32
     assert np.all(np.diff(res.history) <= 0)
     f = sv.objective(Xt, Yt, Lt, torch.tensor(S), GROUPS, 1.0, 1.0, 1.0, mt)
@@ -366,8 +402,9 @@ def test_cuda_device_is_kept():
     Xt, Yt, mt, Lt = (torch.tensor(a, device=dev) for a in (X, Y, mask, L))
     St = sv.fit_combination(Xt, Yt, Lt, GROUPS, 3.0, mt)
     assert St.device.type == "cuda"
-    np.testing.assert_allclose(St.cpu().numpy(), sv.fit_combination(X, Y, L, GROUPS, 3.0, mask),
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        St.cpu().numpy(), sv.fit_combination(X, Y, L, GROUPS, 3.0, mask), atol=1e-8
+    )
     res = sv.fit_alternating(Xt, Yt, GROUPS, mu=1.0, gamma=0.5, lam=0.5, K=3, mask=mt, bias=True)
     assert res.L.device.type == "cuda" and np.all(np.diff(res.history) <= 0)
 
@@ -384,7 +421,8 @@ def test_objective_is_eq2():
     zb = z + b
     loss_b = (0.5 * np.maximum(0, 1 - Y * zb) ** 2 * mask).sum()
     assert sv.objective(X, Y, L, S, GROUPS, mu, gamma, lam, mask, bias=b) == pytest.approx(
-        loss_b + ref - loss, rel=1e-12)
+        loss_b + ref - loss, rel=1e-12
+    )
     hinge = sv.objective(X, Y, L, S, GROUPS, 0, 0, 0, mask, loss="hinge")
     assert hinge == pytest.approx((np.maximum(0, 1 - Y * z) * mask).sum(), rel=1e-12)
 
@@ -399,8 +437,9 @@ def test_attribute_without_labels_warns_and_gets_zero_column():
         S, b = sv.fit_combination(X, Y, L, GROUPS, 1.0, mask, bias=True, S0=np.ones((K, M)))
     assert (S[:, 4] == 0).all() and b[4] == 0 and (S[:, 3] != 0).any()
     with pytest.warns(UserWarning, match=r"\[4\]"):
-        res = sv.fit_alternating(X, Y, GROUPS, mu=1.0, gamma=0.1, lam=0.1, K=3, mask=mask,
-                                 max_outer=3)
+        res = sv.fit_alternating(
+            X, Y, GROUPS, mu=1.0, gamma=0.1, lam=0.1, K=3, mask=mask, max_outer=3
+        )
     assert (res.S[:, 4] == 0).all()
 
 
@@ -420,10 +459,14 @@ def _bad(**changes):
         (dict(mask=np.full((N, M), 0.5)), r"mask must be boolean"),
         (dict(Y=np.where(np.eye(N, M) > 0, 0.0, 1.0)), r"Y\[0, 0\] = 0.0 is not in \{-1, \+1\}"),
         (dict(Y=np.full((N, M), np.nan), mask=None), r"is not in \{-1, \+1\} where mask is True"),
-        (dict(groups=[[0, 1, 2], [3, 4], [5, 6]]),
-         r"groups\[2\] contains attribute index 6, out of range"),
-        (dict(groups=[[0, 1, 2], [2, 3, 4], [5]]),
-         r"attribute 2 is in groups\[0\] and groups\[1\]"),
+        (
+            dict(groups=[[0, 1, 2], [3, 4], [5, 6]]),
+            r"groups\[2\] contains attribute index 6, out of range",
+        ),
+        (
+            dict(groups=[[0, 1, 2], [2, 3, 4], [5]]),
+            r"attribute 2 is in groups\[0\] and groups\[1\]",
+        ),
         (dict(groups=[[0, 1, 2], [3, 4], [5], [4, 3]]), r"same group"),
         (dict(groups=[[0, 1, 1, 2], [3, 4], [5]]), r"groups\[0\] lists attribute 1 twice"),
         (dict(groups=[[0, 1, 2], [], [3, 4, 5]]), r"groups\[1\] is empty"),
@@ -444,8 +487,15 @@ def _bad(**changes):
 def test_fit_combination_rejects_bad_input(changes, match):
     args = _bad(**changes)
     with pytest.raises((ValueError, TypeError), match=match):
-        sv.fit_combination(args.pop("X"), args.pop("Y"), args.pop("L"), args.pop("groups"),
-                           args.pop("mu"), args.pop("mask"), **args)
+        sv.fit_combination(
+            args.pop("X"),
+            args.pop("Y"),
+            args.pop("L"),
+            args.pop("groups"),
+            args.pop("mu"),
+            args.pop("mask"),
+            **args,
+        )
 
 
 def test_other_entry_points_reject_bad_input():
@@ -463,8 +513,9 @@ def test_other_entry_points_reject_bad_input():
     with pytest.raises(ValueError, match=r"K must be a positive integer"):
         sv.fit_alternating(X, Y, GROUPS, mu=1.0, gamma=1.0, lam=1.0, K=0, mask=mask)
     with pytest.raises(ValueError, match=r"W0 must have shape"):
-        sv.fit_alternating(X, Y, GROUPS, mu=1.0, gamma=1.0, lam=1.0, K=2, mask=mask,
-                           W0=np.zeros((D, M + 1)))
+        sv.fit_alternating(
+            X, Y, GROUPS, mu=1.0, gamma=1.0, lam=1.0, K=2, mask=mask, W0=np.zeros((D, M + 1))
+        )
     with pytest.raises(ValueError, match=r"attribute 2 is in groups\[0\] and groups\[1\]"):
         sv.objective(X, Y, L, S, OVERLAP, 1.0, 1.0, 1.0, mask)
     with pytest.raises(ValueError, match=r"K must be a positive integer"):
@@ -480,7 +531,6 @@ def test_other_entry_points_reject_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # valid input: no warning
         sv.objective(X, Y, L, S, GROUPS, 1.0, 1.0, 1.0, mask)
-
 
 
 def test_alternating_does_not_stop_while_subsolvers_are_loose(monkeypatch):
@@ -506,7 +556,19 @@ def test_alternating_does_not_stop_while_subsolvers_are_loose(monkeypatch):
 
     monkeypatch.setattr(sv, "_solve_S", lazy_S)
     monkeypatch.setattr(sv, "_solve_L", lazy_L)
-    res = sv.fit_alternating(X, Y, GROUPS, mu=2.0, gamma=1.0, lam=0.5, K=K, mask=mask,
-                             bias=True, max_outer=10, tol=1e-6, inner_tol=1e-7)
+    res = sv.fit_alternating(
+        X,
+        Y,
+        GROUPS,
+        mu=2.0,
+        gamma=1.0,
+        lam=0.5,
+        K=K,
+        mask=mask,
+        bias=True,
+        max_outer=10,
+        tol=1e-6,
+        inner_tol=1e-7,
+    )
     assert min(seen) <= 1e-5  # the sub-solvers were tightened ...
     assert res.history[-1] < res.history[0]  # ... and the loop went on to make progress

@@ -509,9 +509,7 @@ class Trainer:
         ]
         trunk = [p for p in cnn_params if id(p) in in_trunk]
         if trunk:  # trainable trunk: a slower learning rate (lr_scale, applied in _sgd_epoch)
-            groups.append(
-                {"params": trunk, "weight_decay": cnn_wd, "lr_scale": t.trunk_lr_scale}
-            )
+            groups.append({"params": trunk, "weight_decay": cnn_wd, "lr_scale": t.trunk_lr_scale})
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
 
     def _decay_tails_to_init(self) -> None:

@@ -59,11 +59,22 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
     ``n_attributes_`` (``M``), ``converged_``.
     """
 
-    def __init__(self, K: int = 32, mu: float = 1.0, gamma: float = 1e-2, lam: float = 0.5,
-                 groups: Sequence[Sequence[int]] | None = None, loss: str = "squared_hinge",
-                 bias: bool = True, method: str = "fista", overlapping: bool = False,
-                 max_outer: int = 50, tol: float = 1e-5, max_iter: int = 2000,
-                 random_state: int | None = 0) -> None:
+    def __init__(
+        self,
+        K: int = 32,
+        mu: float = 1.0,
+        gamma: float = 1e-2,
+        lam: float = 0.5,
+        groups: Sequence[Sequence[int]] | None = None,
+        loss: str = "squared_hinge",
+        bias: bool = True,
+        method: str = "fista",
+        overlapping: bool = False,
+        max_outer: int = 50,
+        tol: float = 1e-5,
+        max_iter: int = 2000,
+        random_state: int | None = 0,
+    ) -> None:
         self.K = K
         self.mu = mu
         self.gamma = gamma
@@ -124,9 +135,22 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
         groups = [list(range(M))] if self.groups is None else self.groups
         seed = int(np.random.RandomState(self.random_state).randint(2**31 - 1))
         res = fit_alternating(
-            x, ypm, groups, mu=self.mu, gamma=self.gamma, lam=self.lam, K=self.K, mask=known,
-            max_outer=self.max_outer, tol=self.tol, method=self.method, loss=self.loss,
-            bias=bool(self.bias), seed=seed, overlapping=self.overlapping, max_iter=self.max_iter,
+            x,
+            ypm,
+            groups,
+            mu=self.mu,
+            gamma=self.gamma,
+            lam=self.lam,
+            K=self.K,
+            mask=known,
+            max_outer=self.max_outer,
+            tol=self.tol,
+            method=self.method,
+            loss=self.loss,
+            bias=bool(self.bias),
+            seed=seed,
+            overlapping=self.overlapping,
+            max_iter=self.max_iter,
         )
         if not res.converged:
             warnings.warn(
@@ -138,8 +162,9 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
         self.L_ = np.asarray(res.L)
         self.S_ = np.asarray(res.S)
         self.coef_ = self.L_ @ self.S_
-        self.intercept_ = (np.asarray(res.bias) if res.bias is not None
-                           else np.zeros(M, dtype=self.coef_.dtype))
+        self.intercept_ = (
+            np.asarray(res.bias) if res.bias is not None else np.zeros(M, dtype=self.coef_.dtype)
+        )
         self.classes_ = classes
         self.n_iter_ = res.n_iter
         self.objective_history_ = list(res.history)

@@ -131,8 +131,9 @@ def logistic(scores: Tensor, Y: Tensor, mask: Tensor | None = None) -> Tensor:
     return loss_value(scores, Y, mask, "logistic")
 
 
-def bregman(z_new: Tensor, z_old: Tensor, Y: Tensor, mask: Tensor | None = None,
-            kind: str = "squared_hinge") -> Tensor:
+def bregman(
+    z_new: Tensor, z_old: Tensor, Y: Tensor, mask: Tensor | None = None, kind: str = "squared_hinge"
+) -> Tensor:
     """Entrywise Bregman divergence ``ℓ(y z') − ℓ(y z) − y ℓ'(y z)(z' − z)`` (``(N, M)``, ≥ 0).
 
     Computed without the cancellation of subtracting loss values, so that it stays accurate when

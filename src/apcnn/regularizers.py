@@ -63,8 +63,10 @@ class GroupIndex:
         idx_t = torch.tensor(idx, dtype=torch.long, device=device)
         if idx_t.numel() and (idx_t.min() < 0 or idx_t.max() >= n_attributes):
             raise ValueError(f"groups index attributes outside range(M) with M = {n_attributes}")
-        counts = torch.bincount(idx_t, minlength=n_attributes) if idx else torch.zeros(
-            n_attributes, dtype=torch.long, device=device
+        counts = (
+            torch.bincount(idx_t, minlength=n_attributes)
+            if idx
+            else torch.zeros(n_attributes, dtype=torch.long, device=device)
         )
         return cls(
             idx=idx_t,
@@ -78,8 +80,12 @@ class GroupIndex:
     def to(self, device: torch.device | str) -> GroupIndex:
         """The same index on ``device``."""
         return GroupIndex(
-            self.idx.to(device), self.gid.to(device), self.n_groups, self.n_attributes,
-            self.counts.to(device), self.disjoint,
+            self.idx.to(device),
+            self.gid.to(device),
+            self.n_groups,
+            self.n_attributes,
+            self.counts.to(device),
+            self.disjoint,
         )
 
     def column_group(self) -> Tensor:
@@ -89,8 +95,11 @@ class GroupIndex:
         return out
 
 
-def as_group_index(groups: Sequence[Sequence[int]] | GroupIndex, n_attributes: int,
-                   device: torch.device | str = "cpu") -> GroupIndex:
+def as_group_index(
+    groups: Sequence[Sequence[int]] | GroupIndex,
+    n_attributes: int,
+    device: torch.device | str = "cpu",
+) -> GroupIndex:
     """Accept a list of lists or a :class:`GroupIndex`."""
     if isinstance(groups, GroupIndex):
         return groups.to(device)
@@ -134,7 +143,8 @@ def prox_group(
     gi = as_group_index(groups, V.shape[1], V.device)
     if not gi.disjoint:
         raise ValueError(
-            "prox_group needs disjoint groups; use smoothed_group_norm for overlapping ones")
+            "prox_group needs disjoint groups; use smoothed_group_norm for overlapping ones"
+        )
     norms = group_norms(V, gi)  # (K, G)
     tau = torch.as_tensor(threshold, dtype=V.dtype, device=V.device)
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
@@ -178,7 +188,9 @@ def smoothed_group_norm(
 
 
 def smoothing_lipschitz(
-    groups: Sequence[Sequence[int]] | GroupIndex, n_attributes: int, eta: float,
+    groups: Sequence[Sequence[int]] | GroupIndex,
+    n_attributes: int,
+    eta: float,
     weight: float = 1.0,
 ) -> float:
     """Lipschitz constant of ``∇ μΩ_η``: ``‖C‖²/η = μ² max_m #{g ∋ m} / η``."""

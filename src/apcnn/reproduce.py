@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from .data.schema import AttributeSchema
-from .selection import RIDGE_LAMBDAS, per_attribute_ridge, ridge_fit, task_weights_from_ridge
+from .selection import (
+    RIDGE_LAMBDAS,
+    per_attribute_ridge,
+    ridge_fit,
+    scores,
+    task_weights_from_ridge,
+)
 
 # The Clothing preset (also configs/clothing.yaml): settings that differ from the defaults.
 CLOTHING_SETTINGS: dict[str, Any] = {
@@ -83,8 +89,8 @@ def fold_config(root: str | Path, out: Path, fold: int, folds: int, quick: bool)
     return load_config(TrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
 
 
-def _accuracy(scores: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    correct = (np.sign(scores) == y) & mask
+def _accuracy(decision_values: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    correct = (np.sign(decision_values) == y) & mask
     return float(correct.sum() / max(mask.sum(), 1))
 
 
@@ -123,15 +129,15 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     ya = np.concatenate([np.concatenate([yt, yv]), mc_targets[train_rows]], axis=1)
     ma = ya != 0
     lambdas = QUICK_EXTRACT_LAMBDAS if quick else EXTRACT_LAMBDAS
-    w_all, b_all, lam_all = per_attribute_ridge(
-        xa, ya, ma, lambdas, seed=trainer.cfg.train.seed
-    )
+    w_all, b_all, lam_all = per_attribute_ridge(xa, ya, ma, lambdas, seed=trainer.cfg.train.seed)
     w_single, b_single, lam_m = w_all[:, :n_bin], b_all[:n_bin], lam_all[:n_bin]
     chosen: dict[str, Any] = {
         "S-extract": {"lam": dict(zip(trainer.schema.names, lam_m.tolist(), strict=True))}
     }
-    results = {"S-extract": attribute_metrics(xs @ w_single + b_single, ys, ms, trainer.schema)}
-    mc_scores = xs @ w_all[:, n_bin:] + b_all[n_bin:]
+    results = {
+        "S-extract": attribute_metrics(scores(xs, w_single, b_single), ys, ms, trainer.schema)
+    }
+    mc_scores = scores(xs, w_all[:, n_bin:], b_all[n_bin:])
     mc_test = mc_targets[test_rows]
     results["S-extract"]["multiclass"] = {}
     for mc in mc_schema.multiclass:
@@ -166,14 +172,15 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
             seed=trainer.cfg.train.seed,
             task_weights=weights,
         )
-        scores_v = xv @ np.asarray(res.L) @ np.asarray(res.S) + np.asarray(res.bias)
-        acc = _accuracy(scores_v, yv, mv)
+        acc = _accuracy(scores(xv, np.asarray(res.L) @ np.asarray(res.S), res.bias), yv, mv)
         if acc > best[0]:
             best = (acc, mu, res)
     chosen["M-extract"].update(mu=best[1], val_accuracy=best[0])
     res = best[2]
-    scores = xs @ np.asarray(res.L) @ np.asarray(res.S) + np.asarray(res.bias)
-    results["M-extract"] = attribute_metrics(scores, ys, ms, trainer.schema)
+    w_multi = np.asarray(res.L) @ np.asarray(res.S)
+    results["M-extract"] = attribute_metrics(
+        scores(xs, w_multi, np.asarray(res.bias)), ys, ms, trainer.schema
+    )
     return results, chosen
 
 

@@ -212,7 +212,8 @@ def _context(X: Any) -> tuple[_Ctx, Tensor]:
         a = np.asarray(X)
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise TypeError(
-                f"X must be a numeric NumPy array or torch tensor (got dtype {a.dtype})")
+                f"X must be a numeric NumPy array or torch tensor (got dtype {a.dtype})"
+            )
         out = a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float64)
         work = torch.float32 if a.dtype in (np.float32, np.float16) else torch.float64
         ctx = _Ctx(False, out, torch.device("cpu"), work)
@@ -303,8 +304,9 @@ def _task_weights(ctx: _Ctx, weights: Any, M: int) -> Tensor:
     return c
 
 
-def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None,
-          task_weights: Any = None) -> _Data:
+def _data(
+    ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None, task_weights: Any = None
+) -> _Data:
     if x.ndim not in (2, 3):
         raise ValueError(
             "X must be (N, D) shared or (N, M, D) attribute-specific features; "
@@ -313,15 +315,19 @@ def _data(ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None,
     _finite(x, "X", "clean or impute the features")
     y = ctx.t(Y, "Y")
     if y.ndim != 2 or y.shape[0] != x.shape[0] or (x.ndim == 3 and y.shape[1] != x.shape[1]):
-        want = (f"(N, M) = ({x.shape[0]}, {x.shape[1]})" if x.ndim == 3
-                else f"(N, M) with N = {x.shape[0]}")
+        want = (
+            f"(N, M) = ({x.shape[0]}, {x.shape[1]})"
+            if x.ndim == 3
+            else f"(N, M) with N = {x.shape[0]}"
+        )
         raise ValueError(
-            f"Y must have shape {want} to match X {tuple(x.shape)}; got {tuple(y.shape)}")
+            f"Y must have shape {want} to match X {tuple(x.shape)}; got {tuple(y.shape)}"
+        )
     N, M = y.shape
     if mask is None:
         m = torch.ones(N, M, dtype=torch.bool, device=ctx.device)
     else:
-        mt = (mask.detach() if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask)))
+        mt = mask.detach() if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
         mt = mt.to(ctx.device)
         if tuple(mt.shape) != (N, M):
             raise ValueError(f"mask must have the shape of Y {(N, M)}; got {tuple(mt.shape)}")
@@ -379,7 +385,8 @@ def _groups(groups: Any, M: int, overlapping: bool, device: torch.device) -> Gro
         key = tuple(sorted(g))
         if key in firsts:
             raise ValueError(
-                f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once")
+                f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once"
+            )
         firsts[key] = j
         if len(set(g)) != len(g):
             dup = next(a for a in g if g.count(a) > 1)
@@ -424,7 +431,8 @@ def _bias_arg(ctx: _Ctx, bias: Any, M: int) -> Tensor | None:
     t = ctx.t(bias, "bias")
     if tuple(t.shape) != (M,):
         raise ValueError(
-            f"bias must be True, None or an array of shape (M,) = ({M},); got {tuple(t.shape)}")
+            f"bias must be True, None or an array of shape (M,) = ({M},); got {tuple(t.shape)}"
+        )
     _finite(t, "bias")
     return t
 
@@ -477,8 +485,9 @@ class _Problem:
     reduce: SampleReduce = None  # see _sum_samples
 
 
-def _smooth(pb: _Problem, z: Tensor, x: list[Tensor], need_grad: bool
-            ) -> tuple[Tensor, list[Tensor] | None]:
+def _smooth(
+    pb: _Problem, z: Tensor, x: list[Tensor], need_grad: bool
+) -> tuple[Tensor, list[Tensor] | None]:
     lo, dz = elementwise(z, pb.Y, pb.mask, pb.kind)
     # sums over samples (columns' losses and the gradient): one all-reduce across processes
     local = [lo.sum(0), *pb.adjoint(dz)] if need_grad else [lo.sum(0)]
@@ -502,8 +511,15 @@ def _grad_scale(pb: _Problem, like: list[Tensor], weight: float) -> float:
     return max(gmax, weight, torch.finfo(like[0].dtype).tiny)
 
 
-def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int, scale: float,
-         check_every: int = 10) -> tuple[list[Tensor], SolverInfo]:
+def _apg(
+    pb: _Problem,
+    x0: list[Tensor],
+    lip: Tensor,
+    tol: float,
+    max_iter: int,
+    scale: float,
+    check_every: int = 10,
+) -> tuple[list[Tensor], SolverInfo]:
     """Monotone FISTA with per-block step sizes, backtracking and adaptive restart.
 
     Per block ``b``: ``x⁺ = prox(y − ∇f(y)/L_b)`` with ``L_b = L_b^loss + extra_lip``.
@@ -582,9 +598,16 @@ def _apg(pb: _Problem, x0: list[Tensor], lip: Tensor, tol: float, max_iter: int,
     return x, SolverInfo(it, converged, F_end, gap, scale)
 
 
-def _power(forward: Callable[[list[Tensor]], Tensor], adjoint: Callable[[Tensor], list[Tensor]],
-           mask: Tensor, like: list[Tensor], reduce: Callable[[list[Tensor]], Tensor],
-           n_iter: int = 8, seed: int = 0, sample_reduce: SampleReduce = None) -> Tensor:
+def _power(
+    forward: Callable[[list[Tensor]], Tensor],
+    adjoint: Callable[[Tensor], list[Tensor]],
+    mask: Tensor,
+    like: list[Tensor],
+    reduce: Callable[[list[Tensor]], Tensor],
+    n_iter: int = 8,
+    seed: int = 0,
+    sample_reduce: SampleReduce = None,
+) -> Tensor:
     """Power iteration for the largest eigenvalue of ``Aᵀ diag(mask) A`` per unit.
 
     ``reduce`` maps a list of entrywise tensors to per-unit sums: ``(M,)`` per attribute (the
@@ -621,8 +644,9 @@ def _kkt_group(S: Tensor, gS: Tensor, gi: GroupIndex, mu: float, zero_tol: float
 
 def _kkt_l1(L: Tensor, gL: Tensor, gamma: float, zero_tol: float = 0.0) -> float:
     nz = L.abs() > zero_tol
-    viol = torch.where(nz, (gL + gamma * torch.sign(L)).abs(),
-                       torch.clamp(gL.abs() - gamma, min=0.0))
+    viol = torch.where(
+        nz, (gL + gamma * torch.sign(L)).abs(), torch.clamp(gL.abs() - gamma, min=0.0)
+    )
     return float(viol.max()) if viol.numel() else 0.0
 
 
@@ -633,15 +657,18 @@ def _bias_viol(g: list[Tensor]) -> float:
 # ----------------------------------------------------------------------------- S-step
 
 
-def _s_ops(data: _Data, P: Tensor, with_bias: bool
-           ) -> tuple[Callable[[list[Tensor]], Tensor], Callable[[Tensor], list[Tensor]]]:
+def _s_ops(
+    data: _Data, P: Tensor, with_bias: bool
+) -> tuple[Callable[[list[Tensor]], Tensor], Callable[[Tensor], list[Tensor]]]:
     if data.shared:
+
         def lin(S: Tensor) -> Tensor:
             return P @ S
 
         def lin_t(G: Tensor) -> Tensor:
             return P.T @ G
     else:
+
         def lin(S: Tensor) -> Tensor:
             return torch.bmm(P, S.T.unsqueeze(-1)).squeeze(-1).T
 
@@ -649,17 +676,20 @@ def _s_ops(data: _Data, P: Tensor, with_bias: bool
             return torch.bmm(G.T.unsqueeze(1), P).squeeze(1).T
 
     if with_bias:
+
         def forward(x: list[Tensor]) -> Tensor:
             return lin(x[0]) + x[1]
 
         def adjoint(G: Tensor) -> list[Tensor]:
             return [lin_t(G), G.sum(0)]
     else:
+
         def forward(x: list[Tensor]) -> Tensor:
             return lin(x[0])
 
         def adjoint(G: Tensor) -> list[Tensor]:
             return [lin_t(G)]
+
     return forward, adjoint
 
 
@@ -672,8 +702,9 @@ def _zero_empty(x: list[Tensor], empty: Tensor) -> list[Tensor]:
     return out
 
 
-def _s_problem_fista(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
-                     with_bias: bool) -> _Problem:
+def _s_problem_fista(
+    data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, with_bias: bool
+) -> _Problem:
     forward, adjoint = _s_ops(data, P, with_bias)
     col_block = gi.column_group()
     G = gi.n_groups
@@ -692,13 +723,26 @@ def _s_problem_fista(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: st
     def kkt(x: list[Tensor], g: list[Tensor]) -> float:
         return max(_kkt_group(x[0], g[0], gi, mu), _bias_viol(g))
 
-    return _Problem(forward, adjoint, data.yc, data.mf, kind, col_block, G,
-                    [col_block] * (2 if with_bias else 1), block_sum, prox, penalty, kkt,
-                    reduce=data.reduce)
+    return _Problem(
+        forward,
+        adjoint,
+        data.yc,
+        data.mf,
+        kind,
+        col_block,
+        G,
+        [col_block] * (2 if with_bias else 1),
+        block_sum,
+        prox,
+        penalty,
+        kkt,
+        reduce=data.reduce,
+    )
 
 
-def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
-                        with_bias: bool, eta: float) -> _Problem:
+def _s_problem_smoothed(
+    data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, with_bias: bool, eta: float
+) -> _Problem:
     forward, adjoint = _s_ops(data, P, with_bias)
     zero = torch.zeros(1, dtype=torch.long, device=data.Y.device)
 
@@ -718,10 +762,23 @@ def _s_problem_smoothed(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind:
     def kkt(x: list[Tensor], g: list[Tensor]) -> float:
         return max(float(t.abs().max()) for t in g)
 
-    return _Problem(forward, adjoint, data.yc, data.mf, kind,
-                    torch.zeros_like(data.empty, dtype=torch.long), 1,
-                    [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra,
-                    smoothing_lipschitz(gi, data.M, eta, mu), data.reduce)
+    return _Problem(
+        forward,
+        adjoint,
+        data.yc,
+        data.mf,
+        kind,
+        torch.zeros_like(data.empty, dtype=torch.long),
+        1,
+        [zero] * (2 if with_bias else 1),
+        block_sum,
+        prox,
+        penalty,
+        kkt,
+        extra,
+        smoothing_lipschitz(gi, data.M, eta, mu),
+        data.reduce,
+    )
 
 
 def _col_lipschitz(data: _Data, P: Tensor, x0: list[Tensor], kind: str) -> Tensor:
@@ -735,9 +792,18 @@ def _colsum(ts: list[Tensor]) -> Tensor:
     return ts[0].sum(0) + (ts[1] if len(ts) > 1 else 0)
 
 
-def _solve_S(data: _Data, L: Tensor, gi: GroupIndex, mu: float, S0: Tensor, b0: Tensor | None,
-             tol: float, max_iter: int, method: str, kind: str
-             ) -> tuple[Tensor, Tensor | None, SolverInfo]:
+def _solve_S(
+    data: _Data,
+    L: Tensor,
+    gi: GroupIndex,
+    mu: float,
+    S0: Tensor,
+    b0: Tensor | None,
+    tol: float,
+    max_iter: int,
+    method: str,
+    kind: str,
+) -> tuple[Tensor, Tensor | None, SolverInfo]:
     P = data.project(L)  # once per call
     x0 = _zero_empty([S0, b0] if b0 is not None else [S0], data.empty)
     lip_col = _col_lipschitz(data, P, x0, kind)
@@ -753,14 +819,24 @@ def _solve_S(data: _Data, L: Tensor, gi: GroupIndex, mu: float, S0: Tensor, b0: 
     return x[0], (x[1] if len(x) > 1 else None), info
 
 
-def _s_true_objective(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str,
-                      x: list[Tensor]) -> float:
+def _s_true_objective(
+    data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x: list[Tensor]
+) -> float:
     forward, _ = _s_ops(data, P, len(x) > 1)
     return float(_total_loss(data, forward(x), kind) + mu * group_norm(x[0], gi))
 
 
-def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list[Tensor],
-          lip_col: Tensor, tol: float, max_iter: int) -> tuple[list[Tensor], SolverInfo]:
+def _spgd(
+    data: _Data,
+    P: Tensor,
+    gi: GroupIndex,
+    mu: float,
+    kind: str,
+    x0: list[Tensor],
+    lip_col: Tensor,
+    tol: float,
+    max_iter: int,
+) -> tuple[list[Tensor], SolverInfo]:
     """SPGD: FISTA on ``f + μΩ_η`` with continuation ``η ← η/10`` (warm starts).
 
     ``η₀`` makes the smoothing error bound ``η K G / 2`` equal to 1% of ``F(x₀)``; the
@@ -773,8 +849,14 @@ def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list
     best = [t.clone() for t in x0]
     F_best = _s_true_objective(data, P, gi, mu, kind, best)
     if mu == 0:
-        pb = _s_problem_fista(data, P, GroupIndex.from_groups([list(range(data.M))], data.M,
-                                                            data.Y.device), 0.0, kind, len(x0) > 1)
+        pb = _s_problem_fista(
+            data,
+            P,
+            GroupIndex.from_groups([list(range(data.M))], data.M, data.Y.device),
+            0.0,
+            kind,
+            len(x0) > 1,
+        )
         lip = torch.clamp(lip_col.max(), min=torch.finfo(P.dtype).tiny * 1e6).reshape(1)
         x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, 0.0))
         return x, info
@@ -815,8 +897,9 @@ def _spgd(data: _Data, P: Tensor, gi: GroupIndex, mu: float, kind: str, x0: list
 # ----------------------------------------------------------------------------- L-step
 
 
-def _l_problem(data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with_bias: bool
-               ) -> _Problem:
+def _l_problem(
+    data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with_bias: bool
+) -> _Problem:
     zero = torch.zeros(1, dtype=torch.long, device=S.device)
 
     def forward(x: list[Tensor]) -> Tensor:
@@ -843,18 +926,39 @@ def _l_problem(data: _Data, S: Tensor, gamma: float, lam: float, kind: str, with
     def kkt(x: list[Tensor], g: list[Tensor]) -> float:
         return max(_kkt_l1(x[0], g[0], gamma), _bias_viol(g))
 
-    return _Problem(forward, adjoint, data.yc, data.mf, kind,
-                    torch.zeros(data.M, dtype=torch.long, device=S.device), 1,
-                    [zero] * (2 if with_bias else 1), block_sum, prox, penalty, kkt, extra,
-                    2 * lam, data.reduce)
+    return _Problem(
+        forward,
+        adjoint,
+        data.yc,
+        data.mf,
+        kind,
+        torch.zeros(data.M, dtype=torch.long, device=S.device),
+        1,
+        [zero] * (2 if with_bias else 1),
+        block_sum,
+        prox,
+        penalty,
+        kkt,
+        extra,
+        2 * lam,
+        data.reduce,
+    )
 
 
-def _solve_L(data: _Data, S: Tensor, gamma: float, lam: float, L0: Tensor, b0: Tensor | None,
-             tol: float, max_iter: int, kind: str) -> tuple[Tensor, Tensor | None, SolverInfo]:
+def _solve_L(
+    data: _Data,
+    S: Tensor,
+    gamma: float,
+    lam: float,
+    L0: Tensor,
+    b0: Tensor | None,
+    tol: float,
+    max_iter: int,
+    kind: str,
+) -> tuple[Tensor, Tensor | None, SolverInfo]:
     pb = _l_problem(data, S, gamma, lam, kind, b0 is not None)
     x0 = [L0, b0] if b0 is not None else [L0]
-    lam_max = _power(pb.forward, pb.adjoint, data.mf, x0, pb.block_sum,
-                     sample_reduce=data.reduce)
+    lam_max = _power(pb.forward, pb.adjoint, data.mf, x0, pb.block_sum, sample_reduce=data.reduce)
     lip = CURVATURE[kind] * lam_max * 1.02
     lip = torch.clamp(lip, min=torch.finfo(S.dtype).tiny * 1e6)
     x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, gamma))
@@ -869,9 +973,22 @@ def _scores(data: _Data, L: Tensor, S: Tensor, b: Tensor | None) -> Tensor:
     return z + b if b is not None else z
 
 
-def objective(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], mu: float,
-              gamma: float, lam: float, mask: Any = None, *, loss: str = "squared_hinge",
-              bias: Any = None, overlapping: bool = False, task_weights: Any = None) -> float:
+def objective(
+    X: Any,
+    Y: Any,
+    L: Any,
+    S: Any,
+    groups: Sequence[Sequence[int]],
+    mu: float,
+    gamma: float,
+    lam: float,
+    mask: Any = None,
+    *,
+    loss: str = "squared_hinge",
+    bias: Any = None,
+    overlapping: bool = False,
+    task_weights: Any = None,
+) -> float:
     """Eq. 2: ``Σ_mask ℓ(y xᵀ L s (+ b)) + μ Σ_k Σ_g ‖S[k, g]‖ + γ‖L‖₁ + λ‖L‖_F²``.
 
     ``bias=None`` is eq. 2 exactly; a ``(M,)`` bias is added to the scores (unpenalised).
@@ -905,7 +1022,8 @@ def _smat(ctx: _Ctx, S: Any, M: int) -> Tensor:
     t = ctx.t(S, "S")
     if t.ndim != 2 or t.shape[1] != M:
         raise ValueError(
-            f"S must have shape (K, M) with M = {M} (the columns of Y); got {tuple(t.shape)}")
+            f"S must have shape (K, M) with M = {M} (the columns of Y); got {tuple(t.shape)}"
+        )
     if t.shape[0] < 1:
         raise ValueError("S must have K >= 1 rows")
     _finite(t, "S")
@@ -913,11 +1031,24 @@ def _smat(ctx: _Ctx, S: Any, M: int) -> Tensor:
 
 
 @_threads_by_size
-def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu: float,
-                    mask: Any = None, tol: float = 1e-8, max_iter: int = 5000, *,
-                    S0: Any = None, method: str = "fista", overlapping: bool = False,
-                    loss: str = "squared_hinge", bias: Any = None, return_info: bool = False,
-                    task_weights: Any = None) -> Any:
+def fit_combination(
+    X: Any,
+    Y: Any,
+    L: Any,
+    groups: Sequence[Sequence[int]],
+    mu: float,
+    mask: Any = None,
+    tol: float = 1e-8,
+    max_iter: int = 5000,
+    *,
+    S0: Any = None,
+    method: str = "fista",
+    overlapping: bool = False,
+    loss: str = "squared_hinge",
+    bias: Any = None,
+    return_info: bool = False,
+    task_weights: Any = None,
+) -> Any:
     """Step (a): ``min_S Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + μ Σ_k Σ_g ‖S[k, g]‖₂``.
 
     Args:
@@ -948,8 +1079,11 @@ def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu:
     K = Lt.shape[1]
     gi = _groups(groups, data.M, overlapping, ctx.device)
     method = _method(method, gi)
-    St = torch.zeros(K, data.M, dtype=ctx.dtype, device=ctx.device) if S0 is None else _matrix(
-        ctx, S0, "S0", (K, data.M), "(K, M)")
+    St = (
+        torch.zeros(K, data.M, dtype=ctx.dtype, device=ctx.device)
+        if S0 is None
+        else _matrix(ctx, S0, "S0", (K, data.M), "(K, M)")
+    )
     b0 = _bias_arg(ctx, bias, data.M)
     _warn_empty(data)
     S, b, info = _solve_S(data, Lt, gi, mu, St, b0, tol, max_iter, method, loss)
@@ -959,10 +1093,22 @@ def fit_combination(X: Any, Y: Any, L: Any, groups: Sequence[Sequence[int]], mu:
 
 
 @_threads_by_size
-def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = None,
-               tol: float = 1e-8, max_iter: int = 5000, *, L0: Any = None,
-               loss: str = "squared_hinge", bias: Any = None, return_info: bool = False,
-               task_weights: Any = None) -> Any:
+def fit_latent(
+    X: Any,
+    Y: Any,
+    S: Any,
+    gamma: float,
+    lam: float,
+    mask: Any = None,
+    tol: float = 1e-8,
+    max_iter: int = 5000,
+    *,
+    L0: Any = None,
+    loss: str = "squared_hinge",
+    bias: Any = None,
+    return_info: bool = False,
+    task_weights: Any = None,
+) -> Any:
     """Step (b): ``min_L Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + γ‖L‖₁ + λ‖L‖_F²`` (APG, ℓ1 prox).
 
     The gradient of the smooth part is ``Σ_m (Σ_i G[i, m] x_m(i)) s_mᵀ + 2λL`` with ``G`` the
@@ -980,8 +1126,11 @@ def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = Non
     max_iter = _positive(max_iter, "max_iter", integer=True)
     St = _smat(ctx, S, data.M)
     K = St.shape[0]
-    Lt = torch.zeros(data.D, K, dtype=ctx.dtype, device=ctx.device) if L0 is None else _matrix(
-        ctx, L0, "L0", (data.D, K), "(D, K)")
+    Lt = (
+        torch.zeros(data.D, K, dtype=ctx.dtype, device=ctx.device)
+        if L0 is None
+        else _matrix(ctx, L0, "L0", (data.D, K), "(D, K)")
+    )
     b0 = _bias_arg(ctx, bias, data.M)
     L, b, info = _solve_L(data, St, gamma, lam, Lt, b0, tol, max_iter, loss)
     out: tuple[Any, ...] = (ctx.out(L),) + ((ctx.out(b),) if b0 is not None else ())
@@ -990,9 +1139,18 @@ def fit_latent(X: Any, Y: Any, S: Any, gamma: float, lam: float, mask: Any = Non
 
 
 @_threads_by_size
-def fit_independent(X: Any, Y: Any, mask: Any = None, lam: float = 1.0, *, bias: bool = False,
-                    loss: str = "squared_hinge", tol: float = 1e-6, max_iter: int = 2000,
-                    task_weights: Any = None) -> Any:
+def fit_independent(
+    X: Any,
+    Y: Any,
+    mask: Any = None,
+    lam: float = 1.0,
+    *,
+    bias: bool = False,
+    loss: str = "squared_hinge",
+    tol: float = 1e-6,
+    max_iter: int = 2000,
+    task_weights: Any = None,
+) -> Any:
     """Single-task solutions ``w_m = argmin Σ_{i labelled} ℓ(y x_m(i)ᵀ w (+ b_m)) + λ‖w‖²``.
 
     One column per attribute (the S-extract baseline and the paper's initialisation of ``W``);
@@ -1007,8 +1165,9 @@ def fit_independent(X: Any, Y: Any, mask: Any = None, lam: float = 1.0, *, bias:
     return (ctx.out(W), ctx.out(b)) if bias else ctx.out(W)
 
 
-def _independent(data: _Data, lam: float, bias: bool, kind: str, tol: float, max_iter: int
-                 ) -> tuple[Tensor, Tensor | None]:
+def _independent(
+    data: _Data, lam: float, bias: bool, kind: str, tol: float, max_iter: int
+) -> tuple[Tensor, Tensor | None]:
     eye = torch.eye(data.M, dtype=data.Y.dtype, device=data.Y.device)
     L0 = torch.zeros(data.D, data.M, dtype=eye.dtype, device=eye.device)
     b0 = torch.zeros(data.M, dtype=eye.dtype, device=eye.device) if bias else None
@@ -1016,8 +1175,15 @@ def _independent(data: _Data, lam: float, bias: bool, kind: str, tol: float, max
     return W, b
 
 
-def init_from_w(W: Any, K: int, seed: int = 0, *, fill: str = "random", scale: float | None = None,
-                s_init: str = "svd") -> tuple[Any, Any]:
+def init_from_w(
+    W: Any,
+    K: int,
+    seed: int = 0,
+    *,
+    fill: str = "random",
+    scale: float | None = None,
+    s_init: str = "svd",
+) -> tuple[Any, Any]:
     """Factor ``W`` ``(D, M)`` into ``L`` ``(D, K)``, ``S`` ``(K, M)`` from its SVD.
 
     With ``W = U Σ Vᵀ`` of rank ``r``: ``L[:, :r'] = U Σ^{1/2}``, ``S[:r'] = Σ^{1/2} Vᵀ`` with
@@ -1042,8 +1208,9 @@ def init_from_w(W: Any, K: int, seed: int = 0, *, fill: str = "random", scale: f
     return ctx.out(L), ctx.out(S)
 
 
-def _init_from_w(W: Tensor, K: int, seed: int, fill: str, scale: float | None, s_init: str
-                 ) -> tuple[Tensor, Tensor]:
+def _init_from_w(
+    W: Tensor, K: int, seed: int, fill: str, scale: float | None, s_init: str
+) -> tuple[Tensor, Tensor]:
     D, M = W.shape
     U, sig, Vh = torch.linalg.svd(W.double(), full_matrices=False)
     smax = float(sig[0]) if sig.numel() else 0.0
@@ -1073,15 +1240,34 @@ def _init_from_w(W: Tensor, K: int, seed: int, fill: str, scale: float | None, s
 
 
 @_threads_by_size
-def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: float, gamma: float,
-                    lam: float, K: int, mask: Any = None, W0: Any = None, L0: Any = None,
-                    S0: Any = None, max_outer: int = 50, tol: float = 1e-5, method: str = "fista",
-                    loss: str = "squared_hinge", bias: bool = False, seed: int = 0,
-                    progress: bool = False,
-                    callback: Callable[[int, Any, Any, Any, float], Any] | None = None,
-                    overlapping: bool = False, max_iter: int = 2000, inner_tol: float = 1e-7,
-                    init_lam: float | None = None, sample_reduce: SampleReduce = None,
-                    task_weights: Any = None) -> AlternatingResult:
+def fit_alternating(
+    X: Any,
+    Y: Any,
+    groups: Sequence[Sequence[int]],
+    *,
+    mu: float,
+    gamma: float,
+    lam: float,
+    K: int,
+    mask: Any = None,
+    W0: Any = None,
+    L0: Any = None,
+    S0: Any = None,
+    max_outer: int = 50,
+    tol: float = 1e-5,
+    method: str = "fista",
+    loss: str = "squared_hinge",
+    bias: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    callback: Callable[[int, Any, Any, Any, float], Any] | None = None,
+    overlapping: bool = False,
+    max_iter: int = 2000,
+    inner_tol: float = 1e-7,
+    init_lam: float | None = None,
+    sample_reduce: SampleReduce = None,
+    task_weights: Any = None,
+) -> AlternatingResult:
     """Algorithm 1: alternate step (a) (:func:`fit_combination`) and (b) (:func:`fit_latent`).
 
     Initialisation: ``L0``/``S0`` if given; otherwise :func:`init_from_w` of ``W0``, itself
@@ -1127,13 +1313,20 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     if S0 is not None:
         St = _matrix(ctx, S0, "S0", (K, data.M), "(K, M)")
     else:
-        St = S_init if S_init is not None else torch.zeros(
-            K, data.M, dtype=ctx.dtype, device=ctx.device)
+        St = (
+            S_init
+            if S_init is not None
+            else torch.zeros(K, data.M, dtype=ctx.dtype, device=ctx.device)
+        )
     St = _zero_empty([St], data.empty)[0]
 
     def F(L_: Tensor, S_: Tensor, b_: Tensor | None) -> float:
-        return float(_total_loss(data, _scores(data, L_, S_, b_), loss)
-                     + mu * group_norm(S_, gi) + gamma * L_.abs().sum() + lam * frobenius_sq(L_))
+        return float(
+            _total_loss(data, _scores(data, L_, S_, b_), loss)
+            + mu * group_norm(S_, gi)
+            + gamma * L_.abs().sum()
+            + lam * frobenius_sq(L_)
+        )
 
     history = [F(Lt, St, b)]
     infos: list[SolverInfo] = []
@@ -1182,9 +1375,20 @@ def fit_alternating(X: Any, Y: Any, groups: Sequence[Sequence[int]], *, mu: floa
     return AlternatingResult(ctx.out(Lt), ctx.out(St), ctx.out(b), history, n, converged, infos)
 
 
-def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[int]], mu: float,
-                     mask: Any = None, *, loss: str = "squared_hinge", bias: Any = None,
-                     zero_tol: float = 0.0, task_weights: Any = None) -> float:
+def optimality_gap_S(
+    X: Any,
+    Y: Any,
+    L: Any,
+    S: Any,
+    groups: Sequence[Sequence[int]],
+    mu: float,
+    mask: Any = None,
+    *,
+    loss: str = "squared_hinge",
+    bias: Any = None,
+    zero_tol: float = 0.0,
+    task_weights: Any = None,
+) -> float:
     """KKT certificate of step (a) (disjoint groups): the largest violation of
 
     * ``‖∇_{k,g} f‖₂ ≤ μ`` for every zero group ``S[k, g]`` (norm ``≤ zero_tol``),
@@ -1209,9 +1413,20 @@ def optimality_gap_S(X: Any, Y: Any, L: Any, S: Any, groups: Sequence[Sequence[i
     return max(_kkt_group(St, g[0], gi, mu, zero_tol), _bias_viol(g))
 
 
-def optimality_gap_L(X: Any, Y: Any, L: Any, S: Any, gamma: float, lam: float, mask: Any = None,
-                     *, loss: str = "squared_hinge", bias: Any = None, zero_tol: float = 0.0,
-                     task_weights: Any = None) -> float:
+def optimality_gap_L(
+    X: Any,
+    Y: Any,
+    L: Any,
+    S: Any,
+    gamma: float,
+    lam: float,
+    mask: Any = None,
+    *,
+    loss: str = "squared_hinge",
+    bias: Any = None,
+    zero_tol: float = 0.0,
+    task_weights: Any = None,
+) -> float:
     """KKT certificate of step (b): the largest violation of the ℓ1 optimality conditions
 
     ``|∇_dk f| ≤ γ`` where ``L_dk = 0`` (``|L_dk| ≤ zero_tol``), ``∇_dk f + γ sign(L_dk) = 0``

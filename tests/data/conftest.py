@@ -34,10 +34,29 @@ def corrupt_file(path: Path) -> Path:
 
 # ------------------------------------------------------------------- clothing
 CLOTHING_BINARY = (
-    "black", "blue", "brown", "collar", "cyan", "gender", "gray", "green", "many_colors",
-    "necktie", "pattern_floral", "pattern_graphics", "pattern_plaid", "pattern_solid",
-    "pattern_spot", "pattern_stripe", "placket", "purple", "red", "scarf", "skin_exposure",
-    "white", "yellow",
+    "black",
+    "blue",
+    "brown",
+    "collar",
+    "cyan",
+    "gender",
+    "gray",
+    "green",
+    "many_colors",
+    "necktie",
+    "pattern_floral",
+    "pattern_graphics",
+    "pattern_plaid",
+    "pattern_solid",
+    "pattern_spot",
+    "pattern_stripe",
+    "placket",
+    "purple",
+    "red",
+    "scarf",
+    "skin_exposure",
+    "white",
+    "yellow",
 )
 CLOTHING_MULTI = {"sleevelength": 3, "neckline": 3, "category": 7}
 
@@ -146,7 +165,10 @@ def celeba_label(i: int, k: int) -> int:
 
 
 def write_celeba(
-    root: Path, n: int = 6, layout: str = "official", count: int | None = None,
+    root: Path,
+    n: int = 6,
+    layout: str = "official",
+    count: int | None = None,
     partition: tuple[int, ...] | None = None,
 ) -> Path:
     if layout == "official":
@@ -196,7 +218,10 @@ def cub_label(img: int, att: int) -> tuple[int, int]:
 
 
 def write_cub(
-    root: Path, n: int = 6, attributes_location: str = "outer", extra_column: bool = True,
+    root: Path,
+    n: int = 6,
+    attributes_location: str = "outer",
+    extra_column: bool = True,
     class_of: dict[int, int] | None = None,
 ) -> Path:
     base = root / "CUB_200_2011"
@@ -234,8 +259,12 @@ def write_cub(
             extra = " 0" if extra_column and i == 2 and a == 3 else ""
             lines.append(f"{i} {a} {p} {c} {1.5 * a:.3f}{extra}\n")
     (base / "attributes" / "image_attribute_labels.txt").write_text("".join(lines))
-    cont = np.array([[(10.0 * k + 3.0 * a) % 100 for a in range(len(CUB_ATTRIBUTES))]
-                     for k in range(len(CUB_CLASSES))])
+    cont = np.array(
+        [
+            [(10.0 * k + 3.0 * a) % 100 for a in range(len(CUB_ATTRIBUTES))]
+            for k in range(len(CUB_CLASSES))
+        ]
+    )
     (base / "attributes" / "class_attribute_labels_continuous.txt").write_text(
         "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in cont)
     )
@@ -288,7 +317,9 @@ def trees():
     import types
 
     return types.SimpleNamespace(
-        **{k: v for k, v in globals().items() if k.isupper() or k.startswith(("write_", "corrupt_",
-                                                                               "clothing_",
-                                                                               "celeba_", "cub_"))}
+        **{
+            k: v
+            for k, v in globals().items()
+            if k.isupper() or k.startswith(("write_", "corrupt_", "clothing_", "celeba_", "cub_"))
+        }
     )

@@ -65,8 +65,11 @@ def test_groups_yaml_override_and_fallback(tmp_path, make_awa_tree):
     assert ds.schema.group_names == ["colour", "other"]
     assert ds.schema.group_indices == [[0, 1, 2], [3, 4]]
     (root / "groups.yaml").write_text("colour: [black, purple]\n")
-    with pytest.raises(LabelValueError, match=r"groups\.yaml: group 'colour': unknown attribute "
-                                              r"'purple'"):
+    with pytest.raises(
+        LabelValueError,
+        match=r"groups\.yaml: group 'colour': unknown attribute "
+        r"'purple'",
+    ):
         create_dataset("awa2", root=root)
 
 
@@ -78,8 +81,11 @@ def test_unknown_class_in_split_file(tmp_path, make_awa_tree):
 
 def test_matrix_wrong_length(tmp_path, make_awa_tree):
     root = make_awa_tree(tmp_path, binary_rows=4)
-    with pytest.raises(LabelShapeError, match=r"predicate-matrix-binary\.txt: 4 rows but "
-                                              r"classes\.txt has 5 classes"):
+    with pytest.raises(
+        LabelShapeError,
+        match=r"predicate-matrix-binary\.txt: 4 rows but "
+        r"classes\.txt has 5 classes",
+    ):
         create_dataset("awa2", root=root)
 
 

@@ -42,8 +42,11 @@ def test_groups_documented_and_complete(tmp_path, make_celeba_tree):
 
 def test_count_line_mismatch(tmp_path, make_celeba_tree):
     make_celeba_tree(tmp_path, n=4, count=5)
-    with pytest.raises(LabelShapeError, match=r"list_attr_celeba\.txt: line 1 announces 5 images "
-                                              r"but 4 rows follow"):
+    with pytest.raises(
+        LabelShapeError,
+        match=r"list_attr_celeba\.txt: line 1 announces 5 images "
+        r"but 4 rows follow",
+    ):
         create_dataset("celeba", root=tmp_path)
 
 

@@ -91,8 +91,11 @@ def test_missing_label_file(tmp_path, make_clothing_tree):
 def test_label_file_wrong_length(tmp_path, make_clothing_tree):
     root = make_clothing_tree(tmp_path, n=3)
     scipy.io.savemat(str(root / "labels" / "red_GT.mat"), {"GT": np.ones((4, 1))})
-    with pytest.raises(LabelShapeError, match=r"red_GT\.mat: GT has shape \(4, 1\) but images/ "
-                                              r"holds 3 images"):
+    with pytest.raises(
+        LabelShapeError,
+        match=r"red_GT\.mat: GT has shape \(4, 1\) but images/ "
+        r"holds 3 images",
+    ):
         create_dataset("clothing", root=root)
 
 

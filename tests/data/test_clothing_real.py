@@ -16,15 +16,39 @@ from apcnn.data.verify import verify_dataset
 
 # ../shared/data relative to the repository root (tests/data/ -> repo -> its parent)
 REAL_CLOTHING = Path(__file__).resolve().parents[3] / "shared/data/ClothingAttributeDataset"
-MISSING = {"black": 112, "collar": 394, "gender": 62, "necktie": 117, "pattern_solid": 363,
-           "placket": 73, "skin_exposure": 166}
+MISSING = {
+    "black": 112,
+    "collar": 394,
+    "gender": 62,
+    "necktie": 117,
+    "pattern_solid": 363,
+    "placket": 73,
+    "skin_exposure": 166,
+}
 MULTI_MISSING = {"category": 752, "neckline": 542, "sleevelength": 75}
 POSITIVES = {"black": 620, "white": 466, "gender": 1032, "pattern_solid": 1052, "collar": 895}
 GROUPS = {
-    "colors": ["black", "blue", "brown", "cyan", "gray", "green", "many_colors", "red", "purple",
-               "white", "yellow"],
-    "patterns": ["pattern_floral", "pattern_graphics", "pattern_plaid", "pattern_solid",
-                 "pattern_stripe", "pattern_spot"],
+    "colors": [
+        "black",
+        "blue",
+        "brown",
+        "cyan",
+        "gray",
+        "green",
+        "many_colors",
+        "red",
+        "purple",
+        "white",
+        "yellow",
+    ],
+    "patterns": [
+        "pattern_floral",
+        "pattern_graphics",
+        "pattern_plaid",
+        "pattern_solid",
+        "pattern_stripe",
+        "pattern_spot",
+    ],
     "cloth_parts": ["necktie", "scarf", "placket", "collar"],
     "appearance": ["skin_exposure", "gender"],
 }

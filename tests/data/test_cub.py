@@ -74,8 +74,11 @@ def test_train_test_split(tmp_path, make_cub_tree):
 
 def test_unknown_class_id(tmp_path, make_cub_tree):
     make_cub_tree(tmp_path, n=4, class_of={3: 9})
-    with pytest.raises(UnknownClassError, match=r"image id 3 has class id 9, but classes\.txt "
-                                                r"lists 1\.\.3"):
+    with pytest.raises(
+        UnknownClassError,
+        match=r"image id 3 has class id 9, but classes\.txt "
+        r"lists 1\.\.3",
+    ):
         create_dataset("cub", root=tmp_path)
 
 
@@ -85,8 +88,11 @@ def test_bad_label_line(tmp_path, make_cub_tree):
     lines = path.read_text().splitlines()
     lines[4] = "2 5 1 7 3.0"  # certainty 7 does not exist
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(LabelValueError, match=r"image_attribute_labels\.txt:5: is_present must be "
-                                              r"0/1 and certainty 1\.\.4"):
+    with pytest.raises(
+        LabelValueError,
+        match=r"image_attribute_labels\.txt:5: is_present must be "
+        r"0/1 and certainty 1\.\.4",
+    ):
         create_dataset("cub", root=tmp_path)
 
 
@@ -97,6 +103,9 @@ def test_missing_files(tmp_path, make_cub_tree):
         create_dataset("cub", root=tmp_path)
     make_cub_tree(tmp_path, n=3)
     (base / "attributes" / "image_attribute_labels.txt").unlink()
-    with pytest.raises(MissingFileError, match=r"image_attribute_labels\.txt: image attribute "
-                                               r"labels not found"):
+    with pytest.raises(
+        MissingFileError,
+        match=r"image_attribute_labels\.txt: image attribute "
+        r"labels not found",
+    ):
         create_dataset("cub", root=tmp_path)

@@ -57,8 +57,18 @@ def test_16_bit_and_int_scaled():
 
 
 @pytest.mark.parametrize(
-    ("mode", "ext"), [("L", "png"), ("LA", "png"), ("RGBA", "png"), ("P", "gif"), ("CMYK", "jpg"),
-                      ("I;16", "png"), ("I", "tif"), ("RGB", "bmp"), ("L", "jpg")]
+    ("mode", "ext"),
+    [
+        ("L", "png"),
+        ("LA", "png"),
+        ("RGBA", "png"),
+        ("P", "gif"),
+        ("CMYK", "jpg"),
+        ("I;16", "png"),
+        ("I", "tif"),
+        ("RGB", "bmp"),
+        ("L", "jpg"),
+    ],
 )
 def test_files_of_every_mode(tmp_path, mode, ext):
     if mode == "I;16":
@@ -68,8 +78,17 @@ def test_files_of_every_mode(tmp_path, mode, ext):
     elif mode == "P":
         img = Image.new("RGB", (5, 4), (255, 255, 255)).convert("P")
     else:
-        img = Image.new(mode, (5, 4), {"L": 255, "LA": (255, 255), "RGBA": (255, 255, 255, 255),
-                                      "CMYK": (0, 0, 0, 0), "RGB": (255, 255, 255)}[mode])
+        img = Image.new(
+            mode,
+            (5, 4),
+            {
+                "L": 255,
+                "LA": (255, 255),
+                "RGBA": (255, 255, 255, 255),
+                "CMYK": (0, 0, 0, 0),
+                "RGB": (255, 255, 255),
+            }[mode],
+        )
     path = tmp_path / f"img.{ext}"
     img.save(path)
     out = open_rgb(path)

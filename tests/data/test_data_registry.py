@@ -22,10 +22,20 @@ from apcnn.data.transforms import build_transform, default_transform
 
 
 def test_list_and_unknown_names():
-    assert set(list_datasets()) >= {"clothing", "awa2", "awa", "celeba", "cub", "folder",
-                                    "synthetic"}
-    with pytest.raises(UnknownDatasetError, match=r"unknown dataset 'mnist'; valid datasets: awa, "
-                                                   r"awa2, celeba, clothing, cub"):
+    assert set(list_datasets()) >= {
+        "clothing",
+        "awa2",
+        "awa",
+        "celeba",
+        "cub",
+        "folder",
+        "synthetic",
+    }
+    with pytest.raises(
+        UnknownDatasetError,
+        match=r"unknown dataset 'mnist'; valid datasets: awa, "
+        r"awa2, celeba, clothing, cub",
+    ):
         create_dataset("mnist")
     with pytest.raises(DatasetOptionError, match=r"no option 'colour'; valid options: .*seed"):
         create_dataset("synthetic", colour="red")
@@ -51,9 +61,17 @@ def test_register_custom_dataset(clean_registry):
 
             self._img = Image.new("RGB", (5, 5), (255, 0, 0))
             schema = AttributeSchema(names=("a", "b"), groups=(("g", (0, 1)),))
-            super().__init__(schema=schema, targets=np.ones((n, 2)), mask=None,
-                             sample_ids=[str(i) for i in range(n)], sources=list(range(n)),
-                             transform=transform, image_size=4, split=split, options={"n": n})
+            super().__init__(
+                schema=schema,
+                targets=np.ones((n, 2)),
+                mask=None,
+                sample_ids=[str(i) for i in range(n)],
+                sources=list(range(n)),
+                transform=transform,
+                image_size=4,
+                split=split,
+                options={"n": n},
+            )
 
         def _load_source(self, src):
             return self._img
@@ -94,8 +112,9 @@ def test_transforms():
     ev = build_transform(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=False)
     y = ev(img)
     assert y.shape == (3, 32, 32)
-    assert torch.allclose(y[:, 5, 5], torch.tensor([2.0, (128 / 255 - 0.5) / 0.25, -2.0]),
-                          atol=1e-5)
+    assert torch.allclose(
+        y[:, 5, 5], torch.tensor([2.0, (128 / 255 - 0.5) / 0.25, -2.0]), atol=1e-5
+    )
     assert torch.equal(ev(img), ev(img))
     tr = build_transform(32, mean=None, std=None, train=True)
     assert tr(img).shape == (3, 32, 32)
@@ -119,8 +138,10 @@ def test_fused_normalisation_matches_torchvision():
     assert torch.allclose(ours(img), ref(img), atol=1e-5) and ours(img).is_contiguous()
     as_tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     assert torch.allclose(ours(as_tensor), ref(img), atol=1e-5)
-    assert torch.allclose(ToNormalizedTensor()(img.convert("L")), ToNormalizedTensor()(
-        img.convert("L").convert("RGB")))
+    assert torch.allclose(
+        ToNormalizedTensor()(img.convert("L")),
+        ToNormalizedTensor()(img.convert("L").convert("RGB")),
+    )
 
 
 def test_cache_dir_option(tmp_path, make_clothing_tree):

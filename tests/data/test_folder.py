@@ -28,9 +28,7 @@ def test_folder_fixture(tmp_path, make_folder_tree):
     ds = create_dataset("folder", root=root, image_size=8)
     assert ds.schema.names == ("striped", "red", "round")
     assert ds.schema.group_names == ["striped", "red", "round"]  # one group each by default
-    np.testing.assert_array_equal(
-        ds.targets, [[1, -1, 0], [-1, 1, 1], [-1, 0, -1], [1, 1, -1]]
-    )
+    np.testing.assert_array_equal(ds.targets, [[1, -1, 0], [-1, 1, 1], [-1, 0, -1], [1, 1, -1]])
     np.testing.assert_array_equal(ds.mask, ds.targets != 0)
     assert ds.schema.class_names == ("cat", "dog") and ds.class_ids.tolist() == [0, 1, 0, -1]
     # RGBA PNG: composited on white, image tensor in [0, 1]

@@ -47,8 +47,10 @@ def test_images_are_deterministic_per_index():
 
 
 def test_splits():
-    parts = {s: create_dataset("synthetic", num_images=320, split=s)
-             for s in ("all", "train", "val", "test", "unseen")}
+    parts = {
+        s: create_dataset("synthetic", num_images=320, split=s)
+        for s in ("all", "train", "val", "test", "unseen")
+    }
     ids = {s: set(d.sample_ids) for s, d in parts.items()}
     assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
     assert not ids["val"] & ids["test"]

@@ -32,8 +32,7 @@ def test_load_solution_reproduces_solver_scores(shared):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((40, D)) if shared else rng.standard_normal((40, M, D))
     Y = np.where(rng.random((40, M)) < 0.5, -1.0, 1.0)
-    res = sv.fit_alternating(X, Y, GROUPS, mu=1.0, gamma=0.1, lam=0.1, K=K, bias=True,
-                             max_outer=3)
+    res = sv.fit_alternating(X, Y, GROUPS, mu=1.0, gamma=0.1, lam=0.1, K=K, bias=True, max_outer=3)
     layer = LatentTaskLayer(D, K, M).double().load_solution(res.L, res.S, res.bias)
     scores = layer(torch.tensor(X)).detach()
     loss = (0.5 * torch.clamp(1 - torch.tensor(Y) * scores, min=0) ** 2).sum()
@@ -65,9 +64,17 @@ def test_penalty_is_differentiable_at_zero_groups():
         layer.S[:, 3:5] = 0.0
         layer.L[0] = 0.0
     pen = layer.penalty(GROUPS, 0.7, 0.2, 0.3)
-    ref = sv.objective(np.zeros((1, D)), np.ones((1, M)), layer.L.detach().numpy(),
-                       layer.S.detach().numpy(), GROUPS, 0.7, 0.2, 0.3,
-                       np.zeros((1, M), bool))
+    ref = sv.objective(
+        np.zeros((1, D)),
+        np.ones((1, M)),
+        layer.L.detach().numpy(),
+        layer.S.detach().numpy(),
+        GROUPS,
+        0.7,
+        0.2,
+        0.3,
+        np.zeros((1, M), bool),
+    )
     assert float(pen.detach()) == pytest.approx(ref, rel=1e-12)
     pen.backward()
     assert torch.isfinite(layer.S.grad).all() and torch.isfinite(layer.L.grad).all()

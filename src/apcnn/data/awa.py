@@ -202,8 +202,12 @@ class _AwABase(AttributeDataset):
 
 def _find_awa_root(name: str, root: Any, folder: str) -> Path:
     base = require_root(name, root)
-    for cand in (base, base / folder, base / "Animals_with_Attributes2",
-                 base / "Animals_with_Attributes"):
+    for cand in (
+        base,
+        base / folder,
+        base / "Animals_with_Attributes2",
+        base / "Animals_with_Attributes",
+    ):
         if (cand / "classes.txt").is_file():
             return cand
     raise MissingFileError(

@@ -311,8 +311,9 @@ class AttributeDataset(Dataset):
             "attributes": attrs,
         }
         if self.schema.class_names is not None:
-            counts = np.bincount(self.class_ids[self.class_ids >= 0],
-                                 minlength=len(self.schema.class_names))
+            counts = np.bincount(
+                self.class_ids[self.class_ids >= 0], minlength=len(self.schema.class_names)
+            )
             out["num_classes"] = len(self.schema.class_names)
             out["class_counts"] = {
                 c: int(counts[k]) for k, c in enumerate(self.schema.class_names) if counts[k]

@@ -40,12 +40,26 @@ CELEBA_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gender", ("Male",)),
     ("nose", ("Big_Nose", "Pointy_Nose")),
     ("mouth", ("Big_Lips", "Smiling", "Mouth_Slightly_Open", "Wearing_Lipstick")),
-    ("eyes", ("Arched_Eyebrows", "Bags_Under_Eyes", "Bushy_Eyebrows", "Narrow_Eyes",
-              "Eyeglasses")),
+    ("eyes", ("Arched_Eyebrows", "Bags_Under_Eyes", "Bushy_Eyebrows", "Narrow_Eyes", "Eyeglasses")),
     ("face", ("Attractive", "Blurry", "Oval_Face", "Pale_Skin", "Young", "Heavy_Makeup")),
-    ("around_head", ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald",
-                     "Receding_Hairline", "Bangs", "Straight_Hair", "Wavy_Hair",
-                     "Wearing_Earrings", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie")),
+    (
+        "around_head",
+        (
+            "Black_Hair",
+            "Blond_Hair",
+            "Brown_Hair",
+            "Gray_Hair",
+            "Bald",
+            "Receding_Hairline",
+            "Bangs",
+            "Straight_Hair",
+            "Wavy_Hair",
+            "Wearing_Earrings",
+            "Wearing_Hat",
+            "Wearing_Necklace",
+            "Wearing_Necktie",
+        ),
+    ),
     ("facial_hair", ("5_o_Clock_Shadow", "Goatee", "Mustache", "No_Beard", "Sideburns")),
     ("cheeks", ("High_Cheekbones", "Rosy_Cheeks")),
     ("fat", ("Chubby", "Double_Chin")),
@@ -180,8 +194,15 @@ class CelebA(AttributeDataset):
             )
         else:
             part = np.full(len(files), -1, dtype=np.int64)
-        img_dir = _find(base, ("Img/img_align_celeba/img_align_celeba", "Img/img_align_celeba",
-                               "img_align_celeba/img_align_celeba", "img_align_celeba"))
+        img_dir = _find(
+            base,
+            (
+                "Img/img_align_celeba/img_align_celeba",
+                "Img/img_align_celeba",
+                "img_align_celeba/img_align_celeba",
+                "img_align_celeba",
+            ),
+        )
         if img_dir is None or not img_dir.is_dir():
             raise MissingFileError(
                 f"celeba: img_align_celeba/ not found under {base} (Img/img_align_celeba or "

@@ -47,8 +47,11 @@ def _find_cub_root(root) -> tuple[Path, Path]:
     base = require_root("cub", root)
     for cand in (base, base / "CUB_200_2011"):
         if (cand / "images.txt").is_file():
-            for a in (cand.parent / "attributes.txt", cand / "attributes" / "attributes.txt",
-                      cand / "attributes.txt"):
+            for a in (
+                cand.parent / "attributes.txt",
+                cand / "attributes" / "attributes.txt",
+                cand / "attributes.txt",
+            ):
                 if a.is_file():
                     return cand, a
             raise MissingFileError(
@@ -111,8 +114,12 @@ def read_image_attribute_labels(
         lut = np.full(int(max(ids.max(initial=0), img.max(initial=0))) + 1, -1, dtype=np.int64)
         lut[ids] = rows
         ok = (
-            (img >= 0) & (att >= 1) & (att <= num_attributes) & np.isin(present, (0, 1))
-            & (cert >= 1) & (cert <= 4)
+            (img >= 0)
+            & (att >= 1)
+            & (att <= num_attributes)
+            & np.isin(present, (0, 1))
+            & (cert >= 1)
+            & (cert <= 4)
         )
         if ok.all():
             r = lut[img]
@@ -239,8 +246,11 @@ class CUB(AttributeDataset):
         sizes = {"all": len(image_ids)}
         if split_file.is_file():
             sizes.update(train=int(is_train.sum()), test=int((~is_train).sum()))
-        keep = {"all": np.arange(len(image_ids)), "train": np.flatnonzero(is_train),
-                "test": np.flatnonzero(~is_train)}[split]
+        keep = {
+            "all": np.arange(len(image_ids)),
+            "train": np.flatnonzero(is_train),
+            "test": np.flatnonzero(~is_train),
+        }[split]
         paths = [base / "images" / images[image_ids[k]][0] for k in keep]
         present = _existing(paths)
         if not all(present):

@@ -134,8 +134,9 @@ class ImageFolderAttributes(AttributeDataset):
             cls_names.append(row[ccol].strip() if ccol is not None else "")
             splits.append(row[scol].strip().lower() if scol is not None else "")
         classes = sorted({c for c in cls_names if c}) or None
-        cids = np.array([classes.index(c) if classes and c else -1 for c in cls_names],
-                        dtype=np.int64)
+        cids = np.array(
+            [classes.index(c) if classes and c else -1 for c in cls_names], dtype=np.int64
+        )
         sizes = {"all": len(files)}
         if scol is not None:
             for s in sorted(set(splits)):

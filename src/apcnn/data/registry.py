@@ -73,8 +73,7 @@ def dataset_options(name: str) -> dict[str, Any]:
     return {
         p.name: p.default
         for p in sig.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-        and p.name not in ("root", "split", "transform")
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("root", "split", "transform")
     }
 
 

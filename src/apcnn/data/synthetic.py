@@ -50,8 +50,12 @@ SIZES = ("small", "large")
 TEXTURES = ("solid", "striped", "dotted")
 GROUPS = (("colour", COLOURS), ("shape", SHAPES), ("size", SIZES), ("texture", TEXTURES))
 ATTRIBUTES = tuple(a for _, vals in GROUPS for a in vals)
-_RGB = {"red": (205, 35, 35), "green": (40, 165, 50), "blue": (40, 70, 215),
-        "yellow": (225, 205, 35)}
+_RGB = {
+    "red": (205, 35, 35),
+    "green": (40, 165, 50),
+    "blue": (40, 70, 215),
+    "yellow": (225, 205, 35),
+}
 
 #: (colour, shape, size, texture) per class; 16 classes, every (colour, shape) pair once.
 CLASS_TABLE: tuple[tuple[str, str, str, str], ...] = tuple(
@@ -95,12 +99,25 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, theta: float) -> 
         pts = [(-h, -h), (h, -h), (h, h), (-h, h)]
     elif shape == "triangle":
         R = 1.15 * r
-        pts = [(R * math.cos(a), R * math.sin(a)) for a in (-math.pi / 2, math.pi / 6,
-                                                            5 * math.pi / 6)]
+        pts = [
+            (R * math.cos(a), R * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
     else:  # cross
         w, L = 0.36 * r, r
-        pts = [(-w, -L), (w, -L), (w, -w), (L, -w), (L, w), (w, w), (w, L), (-w, L), (-w, w),
-               (-L, w), (-L, -w), (-w, -w)]
+        pts = [
+            (-w, -L),
+            (w, -L),
+            (w, -w),
+            (L, -w),
+            (L, w),
+            (w, w),
+            (w, L),
+            (-w, L),
+            (-w, w),
+            (-L, w),
+            (-L, -w),
+            (-w, -w),
+        ]
     c, s = math.cos(theta), math.sin(theta)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
@@ -128,11 +145,13 @@ def render_image(index: int, class_id: int, image_size: int = 96, seed: int = 0)
         if kind == 0:
             draw.line([(x0, y0), (x1, y1)], fill=col, width=width)
         elif kind == 1:
-            draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=col,
-                           width=width)
+            draw.rectangle(
+                [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=col, width=width
+            )
         else:
-            draw.ellipse([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=col,
-                         width=width)
+            draw.ellipse(
+                [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=col, width=width
+            )
     for _ in range(int(rng.integers(0, 3))):  # tiny saturated distractors
         col = _RGB[COLOURS[int(rng.integers(4))]]
         x, y, rr = rng.uniform(0, S), rng.uniform(0, S), S * rng.uniform(0.02, 0.035)
@@ -211,9 +230,12 @@ class SyntheticAttributes(AttributeDataset):
         n = _int_option("num_images", num_images, 1)
         size = _int_option("image_size", image_size, 16)
         seed = _int_option("seed", seed, 0)
-        for name, v, hi in (("label_noise", label_noise, 0.5), ("missing_rate", missing_rate, 1.0),
-                            ("val_fraction", val_fraction, 1.0),
-                            ("test_fraction", test_fraction, 1.0)):
+        for name, v, hi in (
+            ("label_noise", label_noise, 0.5),
+            ("missing_rate", missing_rate, 1.0),
+            ("val_fraction", val_fraction, 1.0),
+            ("test_fraction", test_fraction, 1.0),
+        ):
             if not isinstance(v, (int, float)) or not 0.0 <= float(v) < hi:
                 raise DatasetOptionError(f"synthetic: {name} must be in [0, {hi}), got {v!r}")
         if val_fraction + test_fraction >= 1.0:
@@ -247,9 +269,13 @@ class SyntheticAttributes(AttributeDataset):
             root=None,
             split=split,
             options={
-                "num_images": n, "image_size": size, "seed": seed,
-                "label_noise": float(label_noise), "missing_rate": float(missing_rate),
-                "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
+                "num_images": n,
+                "image_size": size,
+                "seed": seed,
+                "label_noise": float(label_noise),
+                "missing_rate": float(missing_rate),
+                "val_fraction": float(val_fraction),
+                "test_fraction": float(test_fraction),
             },
             check_images=check_images,
             skip_bad_images=skip_bad_images,
@@ -282,9 +308,9 @@ def synthetic_split_indices(
     n_test = int(round(test_fraction * len(seen)))
     return {
         "all": np.arange(n, dtype=np.int64),
-        "train": np.sort(perm[n_val + n_test:]).astype(np.int64),
+        "train": np.sort(perm[n_val + n_test :]).astype(np.int64),
         "val": np.sort(perm[:n_val]).astype(np.int64),
-        "test": np.sort(perm[n_val:n_val + n_test]).astype(np.int64),
+        "test": np.sort(perm[n_val : n_val + n_test]).astype(np.int64),
         "unseen": unseen.astype(np.int64),
     }
 

@@ -70,13 +70,16 @@ class VerifyReport:
     def format_text(self) -> str:
         lines = [
             f"dataset {self.dataset}: {self.num_samples} images, {self.num_attributes} attributes "
-            f"in {self.num_groups} groups" + (
-                f", {self.num_classes} classes" if self.num_classes else ""),
+            f"in {self.num_groups} groups"
+            + (f", {self.num_classes} classes" if self.num_classes else ""),
             f"root: {self.root}",
             "splits: " + ", ".join(f"{k}={v}" for k, v in self.split_sizes.items()),
             f"images: {self.images_checked} checked, {self.images_missing} missing"
-            + (f", {self.images_decoded} decoded, {self.images_corrupt} corrupt"
-               if self.images_decoded or self.images_corrupt else ""),
+            + (
+                f", {self.images_decoded} decoded, {self.images_corrupt} corrupt"
+                if self.images_decoded or self.images_corrupt
+                else ""
+            ),
             "",
             f"{'group / attribute':<34} {'pos':>7} {'neg':>7} {'missing':>8} {'pos%':>6}",
         ]
@@ -142,8 +145,9 @@ def verify_dataset(
             if err is not None:
                 corrupt.append(err)
     report.images_missing, report.images_corrupt = len(missing), len(corrupt)
-    report.problems = ([f"missing image: {p}" for p in missing]
-                       + [f"corrupt image: {e}" for e in corrupt])[:max_problems]
+    report.problems = (
+        [f"missing image: {p}" for p in missing] + [f"corrupt image: {e}" for e in corrupt]
+    )[:max_problems]
     report.seconds = time.perf_counter() - t0
     if raise_on_error and missing:
         raise MissingFileError(
@@ -151,8 +155,9 @@ def verify_dataset(
             "restore the images"
         )
     if raise_on_error and corrupt:
-        raise CorruptImageError(f"{len(corrupt)} of {report.images_decoded} images do not "
-                                f"decode; first: {corrupt[0]}")
+        raise CorruptImageError(
+            f"{len(corrupt)} of {report.images_decoded} images do not decode; first: {corrupt[0]}"
+        )
     return report
 
 

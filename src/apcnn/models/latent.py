@@ -29,11 +29,15 @@ class LatentTaskLayer(nn.Module):
         bias: learn a per-attribute bias.
     """
 
-    def __init__(self, in_features: int, num_latent: int, num_attributes: int, *,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, num_latent: int, num_attributes: int, *, bias: bool = True
+    ) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("num_latent", num_latent),
-                        ("num_attributes", num_attributes)):
+        for name, v in (
+            ("in_features", in_features),
+            ("num_latent", num_latent),
+            ("num_attributes", num_attributes),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer (got {v!r})")
         self.in_features = in_features
@@ -69,7 +73,8 @@ class LatentTaskLayer(nn.Module):
             out = torch.einsum("bmd,dm->bm", x, self.W)
         else:
             raise ValueError(
-                f"features must have shape (B, {D}) or (B, {M}, {D}); got {tuple(x.shape)}")
+                f"features must have shape (B, {D}) or (B, {M}, {D}); got {tuple(x.shape)}"
+            )
         return out + self.bias if self.bias is not None else out
 
     def load_solution(self, L: Any, S: Any, bias: Any = None) -> LatentTaskLayer:
@@ -78,11 +83,13 @@ class LatentTaskLayer(nn.Module):
         ``bias=None`` sets the layer's bias (if any) to zero; a bias for a layer built with
         ``bias=False`` is an error.
         """
+
         def tensor(a: Any, name: str, shape: tuple[int, ...]) -> Tensor:
             t = a.detach() if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
             if tuple(t.shape) != shape:
                 raise ValueError(
-                    f"{name} must have shape {shape} for this layer; got {tuple(t.shape)}")
+                    f"{name} must have shape {shape} for this layer; got {tuple(t.shape)}"
+                )
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} contains NaN or inf")
             return t
@@ -101,12 +108,15 @@ class LatentTaskLayer(nn.Module):
                     self.bias.copy_(tensor(bias, "bias", (self.num_attributes,)))
         return self
 
-    def penalty(self, groups: Sequence[Sequence[int]], mu: float, gamma: float, lam: float
-                ) -> Tensor:
+    def penalty(
+        self, groups: Sequence[Sequence[int]], mu: float, gamma: float, lam: float
+    ) -> Tensor:
         """``μ Σ_k Σ_g ‖S[k, g]‖₂ + γ‖L‖₁ + λ‖L‖_F²`` (differentiable; subgradient 0 at 0)."""
         L = self.L
         return mu * group_norm(self.S, groups) + gamma * L.abs().sum() + lam * frobenius_sq(L)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, num_latent={self.num_latent}, "
-                f"num_attributes={self.num_attributes}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, num_latent={self.num_latent}, "
+            f"num_attributes={self.num_attributes}, bias={self.bias is not None}"
+        )

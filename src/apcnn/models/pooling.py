@@ -29,7 +29,9 @@ def check_region(region: Sequence[float] | None) -> Region | None:
         return None
     values = tuple(float(v) for v in region)
     if len(values) != 4:
-        raise ValueError(f"pool_region needs 4 fractions [top, bottom, left, right], got {region!r}")
+        raise ValueError(
+            f"pool_region needs 4 fractions [top, bottom, left, right], got {region!r}"
+        )
     top, bottom, left, right = values
     if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
         raise ValueError(
