@@ -234,13 +234,18 @@ class TrainLoopConfig:
     trunk_lr_scale: float = 0.1
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     epochs_single: int = 5  #: S-CNN epochs per attribute network
+    #: S-CNN starts from exact per-attribute SVMs on the initial tail features (ridge weight per
+    #: attribute by 3-fold CV on the training split), then SGD fine-tunes tails and heads from
+    #: there (linear probe, then fine-tune); with keep_best, S-CNN keeps the probe when SGD does
+    #: not improve the validation accuracy
+    linear_probe: bool = False
     epochs_joint: int = 3  #: MG-CNN epochs per round
     rounds: int = 2  #: alternations between the MTL solver and SGD
     checkpoint_every: int = 1  #: epochs between checkpoints
     calibrate: bool = True  #: fit per-attribute probability calibration on validation scores
     #: M-CNN / MG-CNN end with the model of the round (the state after a solve) with the best
     #: validation accuracy, not necessarily the last: re-solving on features that SGD has just
-    #: fitted to the training images can overfit
+    #: fitted to the training images can overfit (S-CNN with linear_probe: probe or SGD)
     keep_best: bool = True
     log_every: int = 10  #: steps between log lines
     #: seconds a collective may wait under torchrun before the job fails (dead or stuck rank)

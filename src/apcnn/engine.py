@@ -387,7 +387,8 @@ class Trainer:
 
     def _make_plan(self) -> list[tuple[str, str, int, int]]:
         t = self.cfg.train
-        plan = [("S-CNN", "sgd", 0, e) for e in range(t.epochs_single)]
+        plan = [("S-CNN", "probe", 0, 0)] if t.linear_probe else []
+        plan += [("S-CNN", "sgd", 0, e) for e in range(t.epochs_single)]
         plan.append(("S-CNN", "finish", 0, 0))
         for method in self._methods()[1:]:
             plan.append((method, "solve", 0, 0))
@@ -414,6 +415,8 @@ class Trainer:
                 self._sgd_epoch(method, rnd, epoch)
             elif kind == "solve":
                 self._solve(method, rnd)
+            elif kind == "probe":
+                self._probe()
             else:
                 self._finish(method)
             self.state.completed = i + 1
@@ -457,6 +460,7 @@ class Trainer:
         weights, lams = auto_task_weights(
             x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), seed=self.cfg.train.seed
         )
+        self._ridge_lams = lams  # the linear probe reuses them (same features, same split)
         self.state.chosen["task_weights"] = dict(zip(self.schema.names, weights.tolist()))
         self.log.info("task weights (auto): ridge weights per attribute %s", lams.tolist())
         return weights.tolist()
@@ -599,6 +603,33 @@ class Trainer:
             100 * val["accuracy"]["total"],
         )
 
+    def _probe(self) -> None:
+        """``train.linear_probe``: S-CNN's heads become exact per-attribute SVMs on the current
+        (initial) tail features of the training split (:func:`apcnn.selection.linear_probe`;
+        every rank fits them on all rows, identical result); SGD fine-tunes from there."""
+        from .selection import linear_probe
+
+        data = self.splits["train"]
+        self.log.info("S-CNN: linear probe (a ridge weight per attribute by 3-fold CV)")
+        x = self._tail_features(data, slice(None))
+        W, bias, lams = linear_probe(
+            x,
+            data.targets.cpu().numpy(),
+            data.mask.cpu().numpy(),
+            seed=self.cfg.train.seed,
+            lams=getattr(self, "_ridge_lams", None),
+        )
+        head = self.predictor.head
+        with torch.no_grad():
+            head.L.copy_(torch.as_tensor(W, dtype=head.L.dtype))
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        record = self.state.chosen.setdefault("S-CNN", {})
+        record["probe_lam"] = dict(zip(self.schema.names, np.asarray(lams).tolist()))
+        val = self._evaluate("val")["accuracy"]["total"]
+        self.log.info("S-CNN linear probe: validation accuracy %.2f%%", 100 * val)
+        if self.cfg.train.keep_best:
+            self._keep_if_best("S-CNN", 0, val)
+
     def _solve(self, method: str, rnd: int) -> None:
         """Algorithm 1 on the current tail features: L, S (and bias) of eq. 2.
 
@@ -708,6 +739,7 @@ class Trainer:
         if val is None:
             val = self._evaluate("val")["accuracy"]["total"]
         record = self.state.chosen.setdefault(method, {})
+        record["last_round"] = rnd
         self.log.info("%s round %d: validation accuracy %.2f%%", method, rnd, 100 * val)
         if "best_round" in record and val <= record["best_val_accuracy"]:
             return
@@ -724,8 +756,7 @@ class Trainer:
         record = self.state.chosen.get(method, {})
         if "best_round" not in record:
             return
-        last = max(r for m, kind, r, _ in self.plan if m == method and kind == "solve")
-        if record["best_round"] != last:
+        if record["best_round"] != record["last_round"]:
             tensors = getattr(self, "_best_snapshot", None)
             if tensors is None:  # resumed after the best round
                 tensors, _ = load_checkpoint(self._best_path(method))
@@ -742,6 +773,8 @@ class Trainer:
         from .predictor import save_predictor
 
         if self.cfg.train.keep_best:
+            if method == "S-CNN" and "best_round" in self.state.chosen.get(method, {}):
+                self._keep_if_best(method, 1, None)  # after the probe (round 0): SGD, round 1
             self._return_to_best(method)
 
         val_scores = self._scores("val")

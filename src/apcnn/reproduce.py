@@ -59,6 +59,8 @@ CLOTHING_SETTINGS: dict[str, Any] = {
     "mtl.mu_grid": [0.002, 0.008, 0.03],
     "train.batch_size": 64,
     "train.lr": 0.01,
+    # S-CNN starts from the cross-validated SVMs (linear probe), then fine-tunes
+    "train.linear_probe": True,
     "train.epochs_single": 8,
     "train.epochs_joint": 2,
     "train.rounds": 2,

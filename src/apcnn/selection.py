@@ -92,13 +92,36 @@ def task_weights_from_ridge(lams: np.ndarray) -> np.ndarray:
     return float(np.exp(np.log(lams).mean())) / lams
 
 
+def linear_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray,
+    *,
+    seed: int = 0,
+    lams: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Independent squared-hinge SVMs on fixed features, each attribute with its own ridge
+    weight (:func:`per_attribute_ridge`, or ``lams`` (M,) when given): (W (D, M), bias (M,),
+    λ (M,)), W for the features as given.
+
+    The λ grid is per labelled sample on features scaled to unit mean standard deviation, so one
+    grid suits any backbone; W is scaled back. Identical per-attribute features (``(N, M, D)``
+    with all x_m equal, e.g. fc tails at their identity start) are solved as shared ``(N, D)``.
+    """
+    if x.ndim == 3 and all(np.array_equal(x[:, 0], x[:, m]) for m in range(1, x.shape[1])):
+        x = x[:, 0]
+    scale = float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
+    if lams is None:
+        W, bias, lams = per_attribute_ridge(x / scale, y, mask, seed=seed)
+    else:
+        W, bias = ridge_fit(x / scale, y, mask, lams)
+    return W / scale, bias, np.asarray(lams, dtype=float)
+
+
 def auto_task_weights(
     x: np.ndarray, y: np.ndarray, mask: np.ndarray, *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``mtl.task_weights: auto``: (weights c (M,), chosen λ (M,)) from :func:`per_attribute_ridge`
-    on features scaled to unit mean standard deviation."""
-    if x.ndim == 3 and all(np.array_equal(x[:, 0], x[:, m]) for m in range(1, x.shape[1])):
-        x = x[:, 0]  # identical per-attribute features (e.g. fc tails at their identity start)
-    scale = float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
-    _, _, lams = per_attribute_ridge(x / scale, y, mask, seed=seed)
+    """``mtl.task_weights: auto``: (weights c (M,), chosen λ (M,)) from the ridge weights of
+    :func:`linear_probe` (:func:`task_weights_from_ridge`)."""
+    _, _, lams = linear_probe(x, y, mask, seed=seed)
     return task_weights_from_ridge(lams), lams
