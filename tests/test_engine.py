@@ -235,7 +235,7 @@ def test_auto_task_weights_are_chosen_and_recorded(tmp_path):
     weights = result["chosen"]["task_weights"]
     assert set(weights) == set(result["schema"].names)
     assert all(w > 0 for w in weights.values())
-    assert "task weights (auto)" in (tmp_path / "run" / "train.log").read_text()
+    assert "ridge weight per attribute" in (tmp_path / "run" / "train.log").read_text()
     with pytest.raises(ConfigError, match="mtl.task_weights"):
         load_config(TrainConfig, None, ["mtl.task_weights=sometimes"])
 
@@ -271,3 +271,34 @@ def test_portrait_input_and_region_pooling_reach_the_checkpoint(tmp_path):
     Image.fromarray(np.full((150, 100, 3), 128, dtype=np.uint8)).save(image)
     (pred,) = predict_images(ckpt, [str(image)])
     assert len(pred["attributes"]) == meta["model"]["num_attributes"]
+
+
+def test_linear_probe_starts_scnn_from_the_svms_and_keep_best_chooses(tmp_path, monkeypatch):
+    """train.linear_probe: S-CNN's head after the probe is the cross-validated SVM solution on
+    the initial features; keep_best ends S-CNN with the probe when its validation accuracy is
+    higher than after SGD (faked here), and M-CNN starts from that."""
+    import torch
+
+    from apcnn.engine import Trainer, train
+
+    heads = {}
+    original = Trainer._keep_if_best
+
+    def fake_val(self, method, rnd, val):
+        if method == "S-CNN":
+            heads[rnd] = self.predictor.head.L.detach().clone()
+            val = {0: 0.9, 1: 0.5}[rnd]
+        original(self, method, rnd, val)
+
+    monkeypatch.setattr(Trainer, "_keep_if_best", fake_val)
+    out = tmp_path / "run"
+    result = train(
+        tiny_config(out, "model.tail=fc", "train.linear_probe=true", "train.methods=[S-CNN]")
+    )
+    chosen = result["chosen"]["S-CNN"]
+    assert chosen["best_round"] == 0 and chosen["last_round"] == 1
+    assert set(result["chosen"]["ridge_lam"]) == set(result["schema"].names)
+    assert not torch.equal(heads[0], heads[1])  # SGD moved the head
+    final, _ = load_checkpoint(out / "checkpoints" / "S-CNN")
+    assert torch.equal(final["head.L"], heads[0])
+    assert "linear probe" in (out / "train.log").read_text()

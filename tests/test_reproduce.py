@@ -75,11 +75,15 @@ def test_clothing_preset_is_the_reproduce_recipe(tmp_path):
     preset = load_config(TrainConfig, root / "configs" / "clothing.yaml", [])
     recipe = config_to_dict(fold_config("DATA", tmp_path, 0, 5, quick=False))
     preset_dict = config_to_dict(preset)
-    # the one difference: reproduce passes the task weights of its S-extract step; the preset
-    # chooses them the same way on its own training split
-    assert preset_dict["mtl"].pop("task_weights") == "auto"
-    assert recipe["mtl"].pop("task_weights") is None
     for section in ("model", "mtl", "train"):
         assert preset_dict[section] == recipe[section], section
-    for key in ("name", "folds", "fold", "split_seed", "image_size"):
+    for key in (
+        "name",
+        "folds",
+        "fold",
+        "split_seed",
+        "image_size",
+        "image_height",
+        "crop_fraction",
+    ):
         assert preset_dict["data"][key] == recipe["data"][key], key

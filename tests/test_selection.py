@@ -52,3 +52,19 @@ def test_identical_attribute_features_are_treated_as_shared():
     copies = np.repeat(x[:, None], 3, axis=1)  # (N, M, D), all m equal
     weights, _ = auto_task_weights(copies, y, mask)
     np.testing.assert_allclose(weights, auto_task_weights(x, y, mask)[0])
+
+
+def test_linear_probe_returns_weights_for_the_features_as_given():
+    from apcnn.selection import linear_probe
+
+    x, y, mask = _data(False)
+    x = 7.0 * x  # any scale: the λ grid applies to unit-scale features
+    W, b, lams = linear_probe(x, y, mask, seed=0)
+    scale = x.std(axis=0).mean()
+    W_unit, b_unit, lams_unit = per_attribute_ridge(x / scale, y, mask, seed=0)
+    np.testing.assert_array_equal(lams, lams_unit)
+    np.testing.assert_allclose(scores(x, W, b), scores(x / scale, W_unit, b_unit), rtol=1e-5)
+    # given ridge weights: no cross-validation, the same fit
+    W2, b2, lams2 = linear_probe(np.repeat(x[:, None], 3, axis=1), y, mask, lams=lams)
+    np.testing.assert_allclose(W2, W, rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(lams2, lams)

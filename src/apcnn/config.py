@@ -180,7 +180,11 @@ class MTLConfig:
 
     mu: float = 0.01  #: group-sparsity weight on S
     gamma: float = 1e-4  #: l1 weight on L
-    lam: float = 1e-3  #: squared-Frobenius weight on L
+    #: squared-Frobenius weight on L; "auto": the geometric mean of the per-attribute ridge
+    #: weights λ_m chosen by 3-fold CV on the training split's initial tail features, in the
+    #: units of those features (the same CV as task_weights: auto; with both, attribute m is
+    #: regularised as its own cross-validated SVM would be, before the group penalty)
+    lam: float | Literal["auto"] = 1e-3
     loss: Literal["squared_hinge", "hinge", "logistic"] = "squared_hinge"
     method: Literal["fista", "spgd"] = "fista"  #: S-step solver
     max_outer: int = 20  #: alternations of the S- and L-steps
@@ -199,7 +203,12 @@ class MTLConfig:
 
     def __post_init__(self) -> None:
         for name in ("mu", "gamma", "lam"):
-            _check(getattr(self, name) >= 0, f"mtl.{name}", "must be >= 0")
+            value = getattr(self, name)
+            _check(
+                value == "auto" if name == "lam" and isinstance(value, str) else value >= 0,
+                f"mtl.{name}",
+                "must be >= 0" + (" or auto" if name == "lam" else ""),
+            )
         _check(self.tol > 0, "mtl.tol", "must be > 0")
         _check(self.max_outer >= 1, "mtl.max_outer", "must be >= 1")
         _check(self.max_iter >= 1, "mtl.max_iter", "must be >= 1")

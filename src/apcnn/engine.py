@@ -450,20 +450,45 @@ class Trainer:
         self.config_dict = config_to_dict(self.cfg)
 
     def _auto_task_weights(self) -> list[float]:
-        """``mtl.task_weights: auto`` (:func:`apcnn.selection.auto_task_weights`) on the training
-        split's tail features; every rank computes them on all rows (identical result)."""
-        from .selection import auto_task_weights
+        """``mtl.task_weights: auto``: c_m = geometric mean(λ) / λ_m from :meth:`_ridge_cv`."""
+        from .selection import task_weights_from_ridge
 
-        data = self.splits["train"]
-        self.log.info("task weights (auto): a ridge weight per attribute by 3-fold CV")
-        x = self._tail_features(data, slice(None))
-        weights, lams = auto_task_weights(
-            x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), seed=self.cfg.train.seed
-        )
-        self._ridge_lams = lams  # the linear probe reuses them (same features, same split)
+        lams, _ = self._ridge_cv()
+        weights = task_weights_from_ridge(lams)
         self.state.chosen["task_weights"] = dict(zip(self.schema.names, weights.tolist()))
-        self.log.info("task weights (auto): ridge weights per attribute %s", lams.tolist())
         return weights.tolist()
+
+    def _ridge_cv(self) -> tuple[np.ndarray, float]:
+        """(λ (M,), feature scale): a ridge weight per attribute by 3-fold CV on the training
+        split's initial tail features (:func:`apcnn.selection.linear_probe`; per sample, on
+        features of unit mean standard deviation) and that scale. Computed once, when
+        ``task_weights: auto``, ``lam: auto`` or ``linear_probe`` first needs it, on all rows by
+        every rank (identical result); the same on --resume (the initial tails)."""
+        if getattr(self, "_ridge", None) is None:
+            from .selection import linear_probe
+
+            data = self.splits["train"]
+            self.log.info("ridge weight per attribute by 3-fold CV on the training split")
+            x = self._tail_features(data, slice(None))
+            _, _, lams = linear_probe(
+                x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), seed=self.cfg.train.seed
+            )
+            scale = float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
+            self.log.info("ridge weights per attribute: %s", lams.tolist())
+            self._ridge = (lams, scale)
+            self.state.chosen["ridge_lam"] = dict(zip(self.schema.names, lams.tolist()))
+        return self._ridge
+
+    def _mtl_lam(self) -> float:
+        """``mtl.lam`` per training sample; "auto": geometric mean of the cross-validated λ_m
+        times scale² (λ_m were chosen on features divided by ``scale``)."""
+        lam = self.cfg.mtl.lam
+        if lam != "auto":
+            return float(lam)
+        lams, scale = self._ridge_cv()
+        value = float(np.exp(np.log(lams).mean())) * scale**2
+        self.state.chosen["lam"] = value
+        return value
 
     def _task_weights(self) -> torch.Tensor | None:
         """``mtl.task_weights`` as an (M,) tensor (None: all 1), checked against the schema;
@@ -610,21 +635,15 @@ class Trainer:
         from .selection import linear_probe
 
         data = self.splits["train"]
-        self.log.info("S-CNN: linear probe (a ridge weight per attribute by 3-fold CV)")
+        lams, _ = self._ridge_cv()
         x = self._tail_features(data, slice(None))
         W, bias, lams = linear_probe(
-            x,
-            data.targets.cpu().numpy(),
-            data.mask.cpu().numpy(),
-            seed=self.cfg.train.seed,
-            lams=getattr(self, "_ridge_lams", None),
+            x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), lams=lams
         )
         head = self.predictor.head
         with torch.no_grad():
             head.L.copy_(torch.as_tensor(W, dtype=head.L.dtype))
             head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-        record = self.state.chosen.setdefault("S-CNN", {})
-        record["probe_lam"] = dict(zip(self.schema.names, np.asarray(lams).tolist()))
         val = self._evaluate("val")["accuracy"]["total"]
         self.log.info("S-CNN linear probe: validation accuracy %.2f%%", 100 * val)
         if self.cfg.train.keep_best:
@@ -710,7 +729,7 @@ class Trainer:
             schema.group_indices,
             mu=mu * n,
             gamma=m_cfg.gamma * n,
-            lam=m_cfg.lam * n,
+            lam=self._mtl_lam() * n,
             K=self.cfg.model.rank,
             mask=mask,
             W0=numpy(W0),
