@@ -102,9 +102,11 @@ def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    """Kill a training process after its first checkpoint; --resume ends bit-identical."""
+    """Kill a training process after its first checkpoint; --resume ends bit-identical (with
+    the ridge CV choices and the linear probe, which must see the initial tails again)."""
     env = dict(os.environ, APCNN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    overrides = [a for o in TINY for a in ("--set", o)]
+    auto = ["train.linear_probe=true", "mtl.lam=auto", "mtl.task_weights=auto"]
+    overrides = [a for o in [*TINY, *auto] for a in ("--set", o)]
     config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
     full = _run_cli(["train", "-c", str(config), *overrides, "--out", str(tmp_path / "full")], env)

@@ -255,7 +255,12 @@ class Trainer:
             self.preprocessing["crop_fraction"] = cfg.data.crop_fraction
         self.splits = self._cache_splits()
         self.state = TrainState()
-        if cfg.mtl.task_weights == "auto":  # from the initial tails, so the same on --resume
+        self._ridge: tuple[np.ndarray, float] | None = None  # see _ridge_cv
+        # the ridge CV behind the "auto" choices and the probe sees the initial tails (before
+        # any resumed state is loaded), so a resumed run chooses exactly as the first did
+        if "auto" in (cfg.mtl.task_weights, cfg.mtl.lam) or cfg.train.linear_probe:
+            self._ridge_cv()
+        if cfg.mtl.task_weights == "auto":
             self.set_task_weights(self._auto_task_weights())
         self.optimizer: torch.optim.Optimizer | None = None
         self.step_module: nn.Module | None = None  # what SGD calls: DDP-wrapped under torchrun
@@ -461,10 +466,10 @@ class Trainer:
     def _ridge_cv(self) -> tuple[np.ndarray, float]:
         """(λ (M,), feature scale): a ridge weight per attribute by 3-fold CV on the training
         split's initial tail features (:func:`apcnn.selection.linear_probe`; per sample, on
-        features of unit mean standard deviation) and that scale. Computed once, when
-        ``task_weights: auto``, ``lam: auto`` or ``linear_probe`` first needs it, on all rows by
-        every rank (identical result); the same on --resume (the initial tails)."""
-        if getattr(self, "_ridge", None) is None:
+        features of unit mean standard deviation) and that scale. Computed once in ``__init__``
+        when ``task_weights: auto``, ``lam: auto`` or ``linear_probe`` needs it, on all rows by
+        every rank (identical result)."""
+        if self._ridge is None:
             from .selection import linear_probe
 
             data = self.splits["train"]

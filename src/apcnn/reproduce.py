@@ -11,7 +11,14 @@ Five methods per fold:
   (:func:`apcnn.selection.per_attribute_ridge`).
 - **M-extract**: the same features + the grouped multi-task layer (``fit_alternating``; mu chosen
   on validation).
-- **S-CNN**, **M-CNN**, **MG-CNN**: the training engine (``apcnn.engine``), fold by fold.
+- **S-CNN**, **M-CNN**, **MG-CNN**: the training engine (``apcnn.engine``), fold by fold, with
+  the settings of ``configs/clothing.yaml`` (``CLOTHING_SETTINGS``): S-CNN starts from the
+  cross-validated per-attribute SVMs on the training split (``train.linear_probe``) and
+  fine-tunes; the multi-task layer's loss weights and L weight come from the same CV
+  (``mtl.task_weights: auto``, ``mtl.lam: auto``); mu and the round are chosen on validation.
+
+Input (all methods): the whole 2:3 photo at 320 x 480, the backbone's final feature map averaged
+over its centre window (``model.pool_region``; ``benchmarks/ablation_clothing_input.py``).
 
 Each fold lives in ``OUT/fold<k>/``; a finished fold is never redone, an interrupted one resumes
 from its checkpoint. The trunk features are cached on disk and shared by folds and methods.
