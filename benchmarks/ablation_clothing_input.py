@@ -79,9 +79,9 @@ def features(root: str, width: int, height: int, crop: float, windows: list) -> 
 def s_extract(x: np.ndarray, y: np.ndarray, mask: np.ndarray, folds: list[int]) -> np.ndarray:
     """(M,) test accuracy per attribute, averaged over ``folds``."""
     from apcnn.data.splits import kfold_indices
-    from apcnn.selection import per_attribute_ridge, scores
+    from apcnn.selection import feature_scale, per_attribute_ridge, scores
 
-    x = x / (x.std(axis=0).mean() or 1.0)
+    x = x / feature_scale(x)
     accs = []
     for k in folds:
         train_rows, test_rows = kfold_indices(len(x), 5, 0)[k]

@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -177,6 +177,15 @@ class TrainState:
     chosen: dict[str, Any] = field(default_factory=dict)  # method -> hyperparameters chosen
 
 
+class RidgeCV(NamedTuple):
+    """Per-attribute SVMs by cross-validated ridge weight (:meth:`Trainer._ridge_cv`)."""
+
+    lams: np.ndarray  #: (M,) chosen per-sample ridge weights (features of unit scale)
+    scale: float  #: the features' scale (apcnn.selection.feature_scale)
+    weights: np.ndarray  #: (D, M) SVM weights for the unscaled features
+    bias: np.ndarray  #: (M,)
+
+
 class Trainer:
     """Runs the plan of steps for one configuration; see the module docstring."""
 
@@ -255,7 +264,7 @@ class Trainer:
             self.preprocessing["crop_fraction"] = cfg.data.crop_fraction
         self.splits = self._cache_splits()
         self.state = TrainState()
-        self._ridge: tuple[np.ndarray, float] | None = None  # see _ridge_cv
+        self._ridge: RidgeCV | None = None  # see _ridge_cv
         # the ridge CV behind the "auto" choices and the probe sees the initial tails (before
         # any resumed state is loaded), so a resumed run chooses exactly as the first did
         if "auto" in (cfg.mtl.task_weights, cfg.mtl.lam) or cfg.train.linear_probe:
@@ -458,29 +467,27 @@ class Trainer:
         """``mtl.task_weights: auto``: c_m = geometric mean(λ) / λ_m from :meth:`_ridge_cv`."""
         from .selection import task_weights_from_ridge
 
-        lams, _ = self._ridge_cv()
-        weights = task_weights_from_ridge(lams)
+        weights = task_weights_from_ridge(self._ridge_cv().lams)
         self.state.chosen["task_weights"] = dict(zip(self.schema.names, weights.tolist()))
         return weights.tolist()
 
-    def _ridge_cv(self) -> tuple[np.ndarray, float]:
-        """(λ (M,), feature scale): a ridge weight per attribute by 3-fold CV on the training
-        split's initial tail features (:func:`apcnn.selection.linear_probe`; per sample, on
-        features of unit mean standard deviation) and that scale. Computed once in ``__init__``
-        when ``task_weights: auto``, ``lam: auto`` or ``linear_probe`` needs it, on all rows by
-        every rank (identical result)."""
+    def _ridge_cv(self) -> RidgeCV:
+        """A ridge weight per attribute by 3-fold CV on the training split's initial tail
+        features (:func:`apcnn.selection.linear_probe`; per sample, on features divided by
+        their scale), with the SVMs refitted on the whole split (the linear probe's heads).
+        Computed once in ``__init__`` when ``task_weights: auto``, ``lam: auto`` or
+        ``linear_probe`` needs it, on all rows by every rank (identical result)."""
         if self._ridge is None:
-            from .selection import linear_probe
+            from .selection import feature_scale, linear_probe
 
             data = self.splits["train"]
             self.log.info("ridge weight per attribute by 3-fold CV on the training split")
             x = self._tail_features(data, slice(None))
-            _, _, lams = linear_probe(
+            W, bias, lams = linear_probe(
                 x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), seed=self.cfg.train.seed
             )
-            scale = float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
             self.log.info("ridge weights per attribute: %s", lams.tolist())
-            self._ridge = (lams, scale)
+            self._ridge = RidgeCV(lams=lams, scale=feature_scale(x), weights=W, bias=bias)
             self.state.chosen["ridge_lam"] = dict(zip(self.schema.names, lams.tolist()))
         return self._ridge
 
@@ -490,8 +497,8 @@ class Trainer:
         lam = self.cfg.mtl.lam
         if lam != "auto":
             return float(lam)
-        lams, scale = self._ridge_cv()
-        value = float(np.exp(np.log(lams).mean())) * scale**2
+        ridge = self._ridge_cv()
+        value = float(np.exp(np.log(ridge.lams).mean())) * ridge.scale**2
         self.state.chosen["lam"] = value
         return value
 
@@ -634,21 +641,14 @@ class Trainer:
         )
 
     def _probe(self) -> None:
-        """``train.linear_probe``: S-CNN's heads become exact per-attribute SVMs on the current
-        (initial) tail features of the training split (:func:`apcnn.selection.linear_probe`;
-        every rank fits them on all rows, identical result); SGD fine-tunes from there."""
-        from .selection import linear_probe
-
-        data = self.splits["train"]
-        lams, _ = self._ridge_cv()
-        x = self._tail_features(data, slice(None))
-        W, bias, lams = linear_probe(
-            x, data.targets.cpu().numpy(), data.mask.cpu().numpy(), lams=lams
-        )
+        """``train.linear_probe``: S-CNN's heads become the exact per-attribute SVMs that
+        :meth:`_ridge_cv` fitted on the initial tail features of the training split; SGD
+        fine-tunes from there."""
+        ridge = self._ridge_cv()  # fitted on the initial tails, which the probe step still has
         head = self.predictor.head
         with torch.no_grad():
-            head.L.copy_(torch.as_tensor(W, dtype=head.L.dtype))
-            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+            head.L.copy_(torch.as_tensor(ridge.weights, dtype=head.L.dtype))
+            head.bias.copy_(torch.as_tensor(ridge.bias, dtype=head.bias.dtype))
         val = self._evaluate("val")["accuracy"]["total"]
         self.log.info("S-CNN linear probe: validation accuracy %.2f%%", 100 * val)
         if self.cfg.train.keep_best:

@@ -37,6 +37,7 @@ import numpy as np
 from .data.schema import AttributeSchema
 from .selection import (
     RIDGE_LAMBDAS,
+    feature_scale,
     per_attribute_ridge,
     ridge_fit,
     scores,
@@ -127,7 +128,7 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
         return x, d.targets.cpu().numpy(), d.mask.cpu().numpy()
 
     (xt, yt, mt), (xv, yv, mv), (xs, ys, ms) = arrays("train"), arrays("val"), arrays("test")
-    scale = xt.std(axis=0).mean() or 1.0  # the solvers like features of unit scale
+    scale = feature_scale(xt)  # the solvers like features of unit scale
     xt, xv, xs = xt / scale, xv / scale, xs / scale
     n = float(mt.sum(axis=0).mean())
 

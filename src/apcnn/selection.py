@@ -92,6 +92,12 @@ def task_weights_from_ridge(lams: np.ndarray) -> np.ndarray:
     return float(np.exp(np.log(lams).mean())) / lams
 
 
+def feature_scale(x: np.ndarray) -> float:
+    """Mean over feature columns of their standard deviation (1.0 for constant features): the
+    solvers and the λ grids expect ``x / feature_scale(x)``, features of unit scale."""
+    return float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
+
+
 def linear_probe(
     x: np.ndarray,
     y: np.ndarray,
@@ -110,7 +116,7 @@ def linear_probe(
     """
     if x.ndim == 3 and all(np.array_equal(x[:, 0], x[:, m]) for m in range(1, x.shape[1])):
         x = x[:, 0]
-    scale = float(x.reshape(len(x), -1).std(axis=0).mean()) or 1.0
+    scale = feature_scale(x)
     if lams is None:
         W, bias, lams = per_attribute_ridge(x / scale, y, mask, seed=seed)
     else:
