@@ -248,6 +248,13 @@ class TrainLoopConfig:
     #: there (linear probe, then fine-tune); with keep_best, S-CNN keeps the probe when SGD does
     #: not improve the validation accuracy
     linear_probe: bool = False
+    #: trunk adaptation (apcnn.adapt): before the methods, fine-tune the last n blocks of the
+    #: frozen trunk and its head convolution on all attributes at once (logistic loss, a
+    #: temporary linear head), on cached outputs of the blocks below; every method then works
+    #: on the adapted trunk. 0: off (the ImageNet trunk). Needs model.tail=fc.
+    adapt_blocks: int = 0
+    adapt_epochs: int = 8  #: epochs of trunk adaptation
+    adapt_lr: float = 1e-3  #: AdamW peak learning rate of the adapted blocks (head: 10x)
     epochs_joint: int = 3  #: MG-CNN epochs per round
     rounds: int = 2  #: alternations between the MTL solver and SGD
     checkpoint_every: int = 1  #: epochs between checkpoints
@@ -276,6 +283,9 @@ class TrainLoopConfig:
             "train.head_weight_decay",
             "must be >= 0 or null",
         )
+        _check(self.adapt_blocks >= 0, "train.adapt_blocks", "must be >= 0 (0: off)")
+        _check(self.adapt_epochs >= 1, "train.adapt_epochs", "must be >= 1")
+        _check(self.adapt_lr > 0, "train.adapt_lr", f"must be > 0, got {self.adapt_lr}")
         for name in ("epochs_single", "epochs_joint", "rounds"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
@@ -309,6 +319,12 @@ class TrainConfig:
             "data.augment",
             "true needs model.freeze_trunk=false (a frozen trunk's features are computed once "
             "and cached, so training images cannot be augmented); set data.augment=false",
+        )
+        _check(
+            not self.train.adapt_blocks or (self.model.tail == "fc" and self.model.freeze_trunk),
+            "train.adapt_blocks",
+            "needs model.tail=fc and model.freeze_trunk=true (it adapts the top of the frozen "
+            "trunk; a trainable trunk is fine-tuned whole, conv tails already own the top blocks)",
         )
 
 

@@ -9,6 +9,10 @@
    new features. **M-CNN** is the same with all attributes in one group.
 
 The frozen trunk's output is computed once per dataset and cached on disk; the tails train on it.
+With ``train.adapt_blocks=n`` the last n blocks of that trunk are first fine-tuned on all
+attributes at once (``apcnn.adapt``, on cached maps of the blocks below; saved in
+``checkpoints/adapted_top`` so a resumed run reuses it), and every method works on the adapted
+trunk; ``Trainer.pretrained_inputs`` still gives the ImageNet trunk's features.
 With ``model.freeze_trunk=false`` the images go through the whole network instead (trunk at
 ``train.lr * train.trunk_lr_scale``, training images randomly cropped and flipped), every epoch and
 every solve: the paper's end-to-end fine-tuning, meant for GPUs.
@@ -21,6 +25,7 @@ functions of the seed and the step, never of hidden generator state).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import shutil
@@ -227,6 +232,22 @@ class Trainer:
         # (M,) loss weights or None; a wrong length fails here, not mid-run
         self.task_weights = self._task_weights()
         m = self.schema.num_attributes
+        # trunk adaptation (apcnn.adapt): the top of the backbone is trained in _cache_splits;
+        # a copy of its pretrained state serves pretrained_inputs (reproduce's *-extract)
+        self._bottom: nn.Module | None = None
+        self._top: nn.Module | None = None
+        self._pretrained_top: nn.Module | None = None
+        self.adaptation: dict[str, Any] | None = None
+        if cfg.train.adapt_blocks:
+            from .adapt import split_top
+
+            try:
+                self._bottom, self._top = split_top(backbone, cfg.train.adapt_blocks)
+            except ValueError as exc:
+                from .config import ConfigError
+
+                raise ConfigError(str(exc)) from None
+            self._pretrained_top = copy.deepcopy(self._top)
         cnn = build_attribute_cnn(
             backbone,
             num_attributes=m,
@@ -252,6 +273,8 @@ class Trainer:
         }
         if cfg.model.pool_region is not None:
             self.model_meta["pool_region"] = list(cfg.model.pool_region)
+        if cfg.train.adapt_blocks:  # informational: the adapted weights are in the state dict
+            self.model_meta["adapt_blocks"] = cfg.train.adapt_blocks
         self.preprocessing = {
             "image_size": cfg.data.image_size,
             "mean": list(info.mean),
@@ -264,6 +287,14 @@ class Trainer:
             self.preprocessing["crop_fraction"] = cfg.data.crop_fraction
         self.splits = self._cache_splits()
         self.state = TrainState()
+        if self.adaptation is not None:
+            t = cfg.train
+            self.state.chosen["adapt"] = {
+                "blocks": t.adapt_blocks,
+                "epochs": t.adapt_epochs,
+                "lr": t.adapt_lr,
+                "final_loss": self.adaptation["history"][-1]["loss"],
+            }
         self._ridge: RidgeCV | None = None  # see _ridge_cv
         # the ridge CV behind the "auto" choices and the probe sees the initial tails (before
         # any resumed state is loaded), so a resumed run chooses exactly as the first did
@@ -286,6 +317,8 @@ class Trainer:
         """Trunk features of every split, computed once per source dataset and cached on disk
         (a trainable trunk keeps the splits as datasets of images instead)."""
         features: dict[int, torch.Tensor] = {}
+        if self._top is not None:
+            features = self._adapted_features()
         splits = {}
         for name, (source, indices) in self.datasets.items():
             inputs, images = None, None
@@ -345,9 +378,8 @@ class Trainer:
             for b in batches:
                 yield next(loader)["image"] if len(b) else torch.zeros(shape)
 
-    def _trunk_features(self, dataset: Any) -> torch.Tensor:
-        from .features import FeatureCache, extract_features
-
+    def _feature_key(self, dataset: Any) -> dict[str, Any]:
+        """Feature-cache key of the pretrained trunk's output on ``dataset``."""
         key = {
             "dataset": dataset.cache_key(),
             "backbone": self.cfg.model.backbone,
@@ -357,6 +389,126 @@ class Trainer:
         }
         if self.cfg.model.pool_region is not None:  # absent otherwise: older caches stay valid
             key["pool_region"] = list(self.cfg.model.pool_region)
+        return key
+
+    def _bottom_maps(self, dataset: Any) -> torch.Tensor:
+        """(N, C, H', W') outputs of the frozen blocks below the adapted top, cached on disk
+        (they do not depend on the fold: every fold and method reuses them)."""
+        from .features import FeatureCache, extract_features
+
+        key = dict(self._feature_key(dataset), tail="bottom", bottom=self.cfg.train.adapt_blocks)
+        key.pop("pool_region", None)
+
+        def compute() -> torch.Tensor:
+            self.log.info("extracting the frozen bottom's maps (%d images)", len(dataset))
+            return extract_features(
+                self._bottom,
+                dataset,
+                batch_size=self.cfg.train.batch_size,
+                num_workers=self.cfg.data.num_workers,
+                device=self.device,
+                progress=self.run.is_main,
+                desc="bottom maps",
+            )
+
+        return FeatureCache(cache_root() / "features").get_or_compute(key, compute)
+
+    def _adapted_features(self) -> dict[int, torch.Tensor]:
+        """Adapt the top of the trunk on the training split (or load the adaptation of an
+        interrupted run), then ``{id(source): pooled adapted-trunk features}`` of every source."""
+        from .adapt import adapt_top, top_features
+        from .checkpoint import load_checkpoint, save_checkpoint
+        from .features import FeatureCache, key_digest
+
+        assert self._top is not None
+        t = self.cfg.train
+        path = self.run.path / "checkpoints" / "adapted_top"
+        if (path / "meta.json").exists():
+            tensors, meta = load_checkpoint(path)
+            self._top.load_state_dict(tensors)
+            history = meta["history"]
+            self.log.info("trunk adaptation loaded from %s", path)
+        else:
+            source, rows = self.datasets["train"]
+            self.log.info(
+                "adapting the last %d blocks of the trunk on %d training images (%d epochs)",
+                t.adapt_blocks,
+                len(rows),
+                t.adapt_epochs,
+            )
+            history = adapt_top(
+                self._top,
+                self._bottom_maps(source)[torch.as_tensor(rows, dtype=torch.long)],
+                torch.as_tensor(source.targets[rows], dtype=torch.float32),
+                torch.as_tensor(source.mask[rows], dtype=torch.bool),
+                pool_region=self.cfg.model.pool_region,
+                epochs=t.adapt_epochs,
+                lr=t.adapt_lr,
+                seed=hash_seed(t.seed, "adapt", 0, 0),
+                device=self.device,
+                amp=self.amp,
+                progress=self.run.is_main,
+                log=self.log,
+            )
+            # every rank ran the same seeded adaptation; the mean makes them agree bit for bit
+            with torch.no_grad():
+                for p in self._top.parameters():
+                    p.copy_(distributed.all_reduce_sum(p) / self.dist.world_size)
+            if self.dist.is_main:
+                state = {
+                    k: v.detach().cpu().contiguous() for k, v in self._top.state_dict().items()
+                }
+                save_checkpoint(path, state, {"history": history})
+            distributed.barrier()
+        self._top.requires_grad_(False)
+        digest = key_digest(
+            {
+                k: hashlib.sha256(v.cpu().numpy().tobytes()).hexdigest()
+                for k, v in self._top.state_dict().items()
+            }
+        )
+        self.adaptation = {"blocks": t.adapt_blocks, "history": history, "digest": digest}
+        cache = FeatureCache(cache_root() / "features")
+        features = {}
+        for source, _ in self.datasets.values():
+            if id(source) in features:
+                continue
+            key = dict(self._feature_key(source), adapted=digest)
+            features[id(source)] = cache.get_or_compute(
+                key,
+                lambda src=source: top_features(
+                    self._top, self._bottom_maps(src), self.cfg.model.pool_region, amp=self.amp
+                ),
+            )
+        return features
+
+    def pretrained_inputs(self, split: str) -> torch.Tensor:
+        """A split's trunk features from the pretrained (not adapted) trunk, (n, D) on the
+        split's device: ``splits[split].inputs`` when there is no trunk adaptation."""
+        from .adapt import top_features
+        from .features import FeatureCache
+
+        data = self.splits[split]
+        if self._pretrained_top is None:
+            if data.inputs is None:
+                raise ValueError("a trainable trunk has no cached features")
+            return data.inputs
+        source, _ = self.datasets[split]
+        features = FeatureCache(cache_root() / "features").get_or_compute(
+            self._feature_key(source),
+            lambda: top_features(
+                self._pretrained_top.to(self.device),
+                self._bottom_maps(source),
+                self.cfg.model.pool_region,
+            ),
+        )
+        idx = torch.as_tensor(data.indices, dtype=torch.long)
+        return features[idx].to(self.device, self.dtype)
+
+    def _trunk_features(self, dataset: Any) -> torch.Tensor:
+        from .features import FeatureCache, extract_features
+
+        key = self._feature_key(dataset)
 
         def compute(rows: range) -> torch.Tensor:
             self.log.info("extracting trunk features (%d images)", len(dataset))

@@ -118,13 +118,14 @@ def _multiclass_targets(trainer: Any) -> tuple[AttributeSchema, np.ndarray]:
 
 
 def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """S-extract and M-extract on the trainer's cached frozen features (tail ``fc``: pooled)."""
+    """S-extract and M-extract on the trainer's cached frozen ImageNet features (tail ``fc``:
+    pooled; never the adapted trunk of ``train.adapt_blocks``)."""
     from .metrics import attribute_metrics, multiclass_accuracy
     from .solvers import fit_alternating
 
     def arrays(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = trainer.splits[split]
-        x = d.inputs.float().cpu().numpy().reshape(len(d), -1)
+        x = trainer.pretrained_inputs(split).float().cpu().numpy().reshape(len(d), -1)
         return x, d.targets.cpu().numpy(), d.mask.cpu().numpy()
 
     (xt, yt, mt), (xv, yv, mv), (xs, ys, ms) = arrays("train"), arrays("val"), arrays("test")

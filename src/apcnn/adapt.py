@@ -1,0 +1,182 @@
+"""Trunk adaptation: fine-tune the top of the shared trunk on all attributes, before the methods.
+
+The paper fine-tunes its CNNs on the attribute labels. ImageNet features miss what some
+attributes need most: on Clothing, frozen features leave the colours near their majority rate
+(red 94.4 % against 94.7 % always-"no"). Fine-tuning the whole network every epoch is too slow on
+a CPU, so only the last ``n`` blocks of the backbone and its head convolution (the *top*) are
+trained, on cached outputs of the frozen blocks below them (the *bottom*):
+
+    z(i) = bottom(image_i)                   (C, H', W')   computed once per dataset, cached
+    x(i) = pool(top_θ(z(i)))                 (D,)          pool: ``model.pool_region`` window
+    s(i) = A x(i) + b                        (M,)          a temporary linear head
+    loss = Σ_{i,m labelled} log(1 + exp(−y_im s_im)) / #labelled
+
+with AdamW, a one-cycle learning rate (the head at 10x the top's) and random horizontal flips of
+the cached maps (an approximation of flipping the image: the bottom's convolutions are nearly
+flip-equivariant). Batch norms keep their ImageNet statistics (eval mode): batches of a few dozen
+images would give noisy ones. The head is thrown away; the adapted top stays in the backbone, so
+everything after it (the pooled-feature cache, S-CNN, M-CNN, MG-CNN, checkpoints) sees the
+adapted trunk. All attributes share this step; the methods differ in the layer above it.
+
+Clothing, fold 0, 224 x 336, top = last 5 blocks, 8 epochs (about 30 s each on 2 CPU cores):
+mean test accuracy of the linear head 91.6 % frozen, 93.6 % adapted (colours 89.4 -> 92.1 %).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .models.pooling import check_region, region_mean
+
+__all__ = ["split_top", "adapt_top", "top_features"]
+
+
+def split_top(backbone: nn.Module, blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """(bottom, top) of a timm EfficientNet-family ``backbone``, sharing its modules (training
+    ``top`` changes ``backbone``). ``bottom(images)`` then ``top`` equals
+    ``backbone.forward_features(images)``; ``top`` = the last ``blocks`` blocks (counted over all
+    stages) + ``conv_head`` + ``bn2``."""
+    needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+    if not all(hasattr(backbone, a) for a in needed):
+        raise NotImplementedError(
+            "train.adapt_blocks needs a timm EfficientNet-family backbone (conv_stem, bn1, "
+            f"blocks, conv_head, bn2); got {type(backbone).__name__}"
+        )
+    flat = [block for stage in backbone.blocks for block in stage]
+    if not 1 <= blocks <= len(flat):
+        raise ValueError(f"train.adapt_blocks must be in [1, {len(flat)}], got {blocks}")
+    cut = len(flat) - blocks
+    bottom = nn.Sequential(backbone.conv_stem, backbone.bn1, *flat[:cut])
+    top = nn.Sequential(*flat[cut:], backbone.conv_head, backbone.bn2)
+    return bottom, top
+
+
+def _pooled(top: nn.Module, z: torch.Tensor, region: Sequence[float] | None) -> torch.Tensor:
+    return region_mean(top(z), check_region(region))
+
+
+def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def adapt_top(
+    top: nn.Module,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    pool_region: Sequence[float] | None = None,
+    epochs: int = 8,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    amp: torch.dtype | None = None,
+    progress: bool = False,
+    log: logging.Logger | None = None,
+) -> list[dict[str, float]]:
+    """Fine-tune ``top`` in place on cached bottom maps (see the module docstring).
+
+    Args:
+        top: the trainable part (e.g. from :func:`split_top`); moved to ``device``.
+        maps: (N, C, H', W') bottom outputs of the training images (any float dtype, any device;
+            batches are moved to ``device`` as float32).
+        targets: (N, M) in {-1, +1} (0 or anything where ``mask`` is False).
+        mask: (N, M) bool, True = labelled.
+        pool_region: the window of the top's output that is averaged (None: all of it).
+        epochs, lr, weight_decay, batch_size: AdamW with a one-cycle schedule to ``lr`` (the
+            top) and ``10 * lr`` (the head).
+        seed: batch order, flips and the head's start are a pure function of it.
+        amp: autocast dtype for the forward pass (None: off).
+
+    Returns one ``{"epoch", "loss"}`` record per epoch (mean training loss).
+    """
+    if maps.ndim != 4 or targets.shape != mask.shape or len(maps) != len(targets):
+        raise ValueError(
+            f"maps (N, C, H, W), targets and mask (N, M) expected; got {tuple(maps.shape)}, "
+            f"{tuple(targets.shape)}, {tuple(mask.shape)}"
+        )
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+    device = torch.device(device)
+    top.to(device).requires_grad_(True)  # a frozen trunk's modules come with gradients off
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        dim = _pooled(top.eval(), maps[:1].to(device, torch.float32), pool_region).shape[1]
+    head = nn.Linear(dim, targets.shape[1]).to(device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    groups = [{"params": list(top.parameters()), "lr": lr}, {"params": head.parameters()}]
+    groups[1]["lr"] = 10 * lr
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    steps = epochs * len(_batches(len(maps), batch_size, torch.Generator()))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, [lr, 10 * lr], total_steps=steps, pct_start=0.15
+    )
+    y = (targets > 0).float()
+    weight = mask.float()
+    history: list[dict[str, float]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="adapting the trunk top", unit="batch", leave=False)
+    top.eval()  # batch norms keep their statistics; gradients still flow
+    try:
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for rows in _batches(len(maps), batch_size, generator):
+                z = maps[rows].to(device, torch.float32)
+                flip = torch.rand(len(rows), generator=generator) < 0.5
+                z[flip.to(device)] = z[flip.to(device)].flip(-1)
+                w = weight[rows].to(device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    scores = head(_pooled(top, z, pool_region))
+                losses = nn.functional.binary_cross_entropy_with_logits(
+                    scores.float(), y[rows].to(device), reduction="none"
+                )
+                loss = (losses * w).sum() / w.sum().clamp_min(1.0)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach()) * len(rows)
+                count += len(rows)
+                if bar is not None:
+                    bar.update()
+            history.append({"epoch": epoch, "loss": total / max(count, 1)})
+            if log is not None:
+                log.info("trunk adaptation epoch %d: loss %.4f", epoch, history[-1]["loss"])
+    finally:
+        if bar is not None:
+            bar.close()
+    top.requires_grad_(False)
+    return history
+
+
+@torch.no_grad()
+def top_features(
+    top: nn.Module,
+    maps: torch.Tensor,
+    pool_region: Sequence[float] | None = None,
+    *,
+    batch_size: int = 64,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Pooled features (N, D), float32 on the CPU, of ``top`` (eval mode) on cached bottom maps
+    (N, C, H', W'): the trunk features of the images the maps came from, without running the
+    bottom again."""
+    top.eval()
+    device = next(top.parameters()).device
+    out = []
+    for i in range(0, len(maps), batch_size):
+        z = maps[i : i + batch_size].to(device, torch.float32)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out.append(_pooled(top, z, pool_region).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,163 @@
+"""Trunk adaptation (apcnn.adapt) and its use by the training engine (train.adapt_blocks)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from _tiny import tiny_config  # noqa: E402  (tests/ is on sys.path)
+from apcnn.adapt import adapt_top, split_top, top_features
+from apcnn.config import ConfigError
+from apcnn.models.backbone import create_backbone
+
+REGION = (0.15, 0.85, 0.25, 0.75)
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("APCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def backbone() -> nn.Module:
+    torch.manual_seed(0)
+    return create_backbone("tf_efficientnet_lite0", weights="none")[0].eval()
+
+
+def test_bottom_then_top_is_the_backbone_and_shares_its_modules(backbone):
+    bottom, top = split_top(backbone, 3)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(top(bottom(x)), backbone.forward_features(x))
+    assert top[-2] is backbone.conv_head and top[-1] is backbone.bn2
+    assert bottom[0] is backbone.conv_stem
+
+
+def test_split_top_rejects_bad_block_counts_and_other_families(backbone):
+    with pytest.raises(ValueError, match=r"adapt_blocks must be in \[1, 16\]"):
+        split_top(backbone, 17)
+    with pytest.raises(ValueError, match="adapt_blocks"):
+        split_top(backbone, 0)
+    with pytest.raises(NotImplementedError, match="EfficientNet"):
+        split_top(nn.Sequential(nn.Conv2d(3, 3, 1)), 1)
+
+
+def _toy_problem(bottom: nn.Module, n: int = 48):
+    """Bottom maps of noise images with a bright left or right half; attribute 0 says which,
+    attribute 1 is its opposite, attribute 2 is unlabelled everywhere."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, 64, 48, generator=g) * 0.1
+    side = torch.rand(n, generator=g) < 0.5
+    images[side, :, :, :24] += 1.0
+    with torch.no_grad():
+        maps = bottom(images)
+    y = torch.stack([side.float() * 2 - 1, 1 - side.float() * 2, torch.zeros(n)], 1)
+    mask = torch.ones(n, 3, dtype=torch.bool)
+    mask[:, 2] = False
+    return maps, y, mask
+
+
+def test_adapt_top_trains_in_place_lowers_the_loss_and_is_seeded():
+    torch.manual_seed(1)
+    model = create_backbone("tf_efficientnet_lite0", weights="none")[0].eval()
+    bottom, top = split_top(model, 2)
+    maps, y, mask = _toy_problem(bottom)
+    top.requires_grad_(False)  # as in a frozen trunk: adapt_top turns gradients back on
+    before = copy.deepcopy(top.state_dict())
+    twin = copy.deepcopy(top)
+    history = adapt_top(top, maps, y, mask, epochs=4, lr=3e-3, batch_size=16, seed=7)
+    assert len(history) == 4 and history[-1]["loss"] < history[0]["loss"]
+    assert any(not torch.equal(before[k], v) for k, v in top.state_dict().items())
+    assert model.conv_head is top[-2]  # the backbone itself was adapted
+    again = adapt_top(twin, maps, y, mask, epochs=4, lr=3e-3, batch_size=16, seed=7)
+    assert again == history
+    for (k, a), b in zip(top.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert not any(p.requires_grad for p in top.parameters())
+
+
+def test_adapt_top_checks_shapes():
+    bottom, top = split_top(create_backbone("tf_efficientnet_lite0", weights="none")[0], 1)
+    maps, y, mask = _toy_problem(bottom, n=4)
+    with pytest.raises(ValueError, match="expected"):
+        adapt_top(top, maps[0], y, mask)
+    with pytest.raises(ValueError, match="expected"):
+        adapt_top(top, maps, y[:, :2], mask)
+
+
+def test_top_features_equal_the_pooled_trunk_on_images(backbone):
+    from apcnn.models.fc_tail import PooledTrunk
+
+    bottom, top = split_top(backbone, 4)
+    x = torch.randn(3, 3, 96, 64)
+    with torch.no_grad():
+        maps = bottom(x)
+        for region in (None, REGION):
+            expected = PooledTrunk(backbone, region).eval()(x)
+            got = top_features(top, maps, region, batch_size=2)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path):
+    """train.adapt_blocks: the trunk's top is trained once before the methods, recorded, saved
+    with every method's checkpoint (evaluate reproduces the test accuracy from images), and a
+    second run in the same folder loads the adaptation instead of redoing it."""
+    from apcnn.checkpoint import load_checkpoint
+    from apcnn.engine import Trainer, train
+    from apcnn.inference import evaluate_checkpoint
+    from apcnn.runlog import RunDir
+
+    out = tmp_path / "run"
+    extra = ["model.tail=fc", "train.adapt_blocks=2", "train.adapt_epochs=2"]
+    extra += ["train.methods=[S-CNN, MG-CNN]"]
+    result = train(tiny_config(out, *extra))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "adapt" in result["chosen"] and result["chosen"]["adapt"]["blocks"] == 2
+    assert "adapting the last 2 blocks" in (out / "train.log").read_text()
+    adapted, meta = load_checkpoint(out / "checkpoints" / "adapted_top")
+    assert len(meta["history"]) == 2
+    pretrained = create_backbone("tf_efficientnet_lite0", weights="imagenet")[0].state_dict()
+    for method in ("S-CNN", "MG-CNN"):
+        ckpt = out / "checkpoints" / method
+        tensors, meta = load_checkpoint(ckpt)
+        assert meta["model"]["adapt_blocks"] == 2
+        head = tensors["cnn.trunk.backbone.conv_head.weight"]
+        torch.testing.assert_close(head, adapted["2.weight"])  # top = [block, block, head, bn]
+        assert not torch.equal(head, pretrained["conv_head.weight"])
+        stem = tensors["cnn.trunk.backbone.conv_stem.weight"]
+        torch.testing.assert_close(stem, pretrained["conv_stem.weight"], rtol=0, atol=0)
+        evaluated = evaluate_checkpoint(ckpt)
+        assert evaluated["metrics"]["accuracy"]["total"] == pytest.approx(
+            metrics["methods"][method]["total"], abs=1e-4
+        )
+    cfg = tiny_config(out, *extra)
+    with RunDir(out) as run:
+        again = Trainer(cfg, run, resume=True)
+    assert "trunk adaptation loaded" in (out / "train.log").read_text()
+    assert again.adaptation is not None
+    assert (
+        again.adaptation["history"]
+        == load_checkpoint(out / "checkpoints" / "adapted_top")[1]["history"]
+    )
+    # the extract baselines see the ImageNet trunk, not the adapted one
+    xs = again.pretrained_inputs("test")
+    assert xs.shape == again.splits["test"].inputs.shape
+    assert not torch.allclose(xs, again.splits["test"].inputs)
+
+
+def test_adapt_blocks_needs_an_fc_tail_on_a_frozen_trunk(tmp_path):
+    with pytest.raises(ConfigError, match="train.adapt_blocks.*model.tail=fc"):
+        tiny_config(tmp_path, "model.tail=head", "train.adapt_blocks=2")
+    with pytest.raises(ConfigError, match="train.adapt_blocks"):
+        tiny_config(tmp_path, "model.tail=fc", "train.adapt_blocks=-1")
+
+
+def test_too_many_adapt_blocks_is_a_config_error(tmp_path):
+    from apcnn.engine import train
+
+    with pytest.raises(ConfigError, match=r"adapt_blocks must be in \[1, 16\]"):
+        train(tiny_config(tmp_path / "run", "model.tail=fc", "train.adapt_blocks=40"))
