@@ -18,8 +18,9 @@ images would give noisy ones. The head is thrown away; the adapted top stays in 
 everything after it (the pooled-feature cache, S-CNN, M-CNN, MG-CNN, checkpoints) sees the
 adapted trunk. All attributes share this step; the methods differ in the layer above it.
 
-Clothing, fold 0, 224 x 336, top = last 5 blocks, 8 epochs (about 30 s each on 2 CPU cores):
-mean test accuracy of the linear head 91.6 % frozen, 93.6 % adapted (colours 89.4 -> 92.1 %).
+Clothing, fold 0, ``apcnn train -c configs/clothing.yaml`` (224 x 336, top = last 5 blocks,
+8 epochs of about 21 s on 2 CPU cores): MG-CNN test accuracy 93.06 % (colours 91.6 %) against
+91.64 % (colours 89.4 %) with the previous recipe, the ImageNet trunk at 320 x 480.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def adapt_top(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, [lr, 10 * lr], total_steps=steps, pct_start=0.15
     )
+    # fp16 gradients need loss scaling; bf16 and float32 do not (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     y = (targets > 0).float()
     weight = mask.float()
     history: list[dict[str, float]] = []
@@ -143,8 +146,9 @@ def adapt_top(
                 )
                 loss = (losses * w).sum() / w.sum().clamp_min(1.0)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 schedule.step()
                 total += float(loss.detach()) * len(rows)
                 count += len(rows)

@@ -80,13 +80,15 @@ CLOTHING_SETTINGS: dict[str, Any] = {
     "train.adapt_blocks": 5,
     "train.adapt_epochs": 8,
     "train.adapt_lr": 1e-3,
-    "train.epochs_single": 8,
-    "train.epochs_joint": 2,
+    # short SGD stages: on the adapted trunk the probe and the first solve rarely lose to them
+    "train.epochs_single": 4,
+    "train.epochs_joint": 1,
     # one round: later rounds re-solve on features SGD has just fitted and lost on validation
     "train.rounds": 1,
     "train.methods": ["S-CNN", "M-CNN", "MG-CNN"],
 }
 QUICK_SETTINGS: dict[str, Any] = {
+    "train.adapt_epochs": 4,
     "train.epochs_single": 3,
     "train.epochs_joint": 1,
     "train.rounds": 1,
