@@ -26,12 +26,14 @@ Clothing, fold 0, ``apcnn train -c configs/clothing.yaml`` (224 x 336, top = las
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .models.pooling import check_region, region_mean
+from .models.attribute_cnn import efficientnet_blocks
+from .models.pooling import Region, check_region, region_mean
 
 __all__ = ["split_top", "adapt_top", "top_features"]
 
@@ -41,13 +43,7 @@ def split_top(backbone: nn.Module, blocks: int) -> tuple[nn.Sequential, nn.Seque
     ``top`` changes ``backbone``). ``bottom(images)`` then ``top`` equals
     ``backbone.forward_features(images)``; ``top`` = the last ``blocks`` blocks (counted over all
     stages) + ``conv_head`` + ``bn2``."""
-    needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
-    if not all(hasattr(backbone, a) for a in needed):
-        raise NotImplementedError(
-            "train.adapt_blocks needs a timm EfficientNet-family backbone (conv_stem, bn1, "
-            f"blocks, conv_head, bn2); got {type(backbone).__name__}"
-        )
-    flat = [block for stage in backbone.blocks for block in stage]
+    flat = efficientnet_blocks(backbone, "train.adapt_blocks needs")
     if not 1 <= blocks <= len(flat):
         raise ValueError(f"train.adapt_blocks must be in [1, {len(flat)}], got {blocks}")
     cut = len(flat) - blocks
@@ -56,8 +52,8 @@ def split_top(backbone: nn.Module, blocks: int) -> tuple[nn.Sequential, nn.Seque
     return bottom, top
 
 
-def _pooled(top: nn.Module, z: torch.Tensor, region: Sequence[float] | None) -> torch.Tensor:
-    return region_mean(top(z), check_region(region))
+def _pooled(top: nn.Module, z: torch.Tensor, region: Region | None) -> torch.Tensor:
+    return region_mean(top(z), region)
 
 
 def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -105,18 +101,20 @@ def adapt_top(
         )
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+    region = check_region(pool_region)
     device = torch.device(device)
     top.to(device).requires_grad_(True)  # a frozen trunk's modules come with gradients off
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        dim = _pooled(top.eval(), maps[:1].to(device, torch.float32), pool_region).shape[1]
+        dim = _pooled(top.eval(), maps[:1].to(device, torch.float32), region).shape[1]
     head = nn.Linear(dim, targets.shape[1]).to(device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    groups = [{"params": list(top.parameters()), "lr": lr}, {"params": head.parameters()}]
-    groups[1]["lr"] = 10 * lr
-    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    steps = epochs * len(_batches(len(maps), batch_size, torch.Generator()))
+    optimizer = torch.optim.AdamW(
+        [{"params": top.parameters(), "lr": lr}, {"params": head.parameters(), "lr": 10 * lr}],
+        weight_decay=weight_decay,
+    )
+    steps = epochs * math.ceil(len(maps) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, [lr, 10 * lr], total_steps=steps, pct_start=0.15
     )
@@ -140,7 +138,7 @@ def adapt_top(
                 z[flip.to(device)] = z[flip.to(device)].flip(-1)
                 w = weight[rows].to(device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    scores = head(_pooled(top, z, pool_region))
+                    scores = head(_pooled(top, z, region))
                 losses = nn.functional.binary_cross_entropy_with_logits(
                     scores.float(), y[rows].to(device), reduction="none"
                 )
@@ -176,11 +174,12 @@ def top_features(
     """Pooled features (N, D), float32 on the CPU, of ``top`` (eval mode) on cached bottom maps
     (N, C, H', W'): the trunk features of the images the maps came from, without running the
     bottom again."""
+    region = check_region(pool_region)
     top.eval()
     device = next(top.parameters()).device
     out = []
     for i in range(0, len(maps), batch_size):
         z = maps[i : i + batch_size].to(device, torch.float32)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out.append(_pooled(top, z, pool_region).float().cpu())
+            out.append(_pooled(top, z, region).float().cpu())
     return torch.cat(out)

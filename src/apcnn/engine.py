@@ -422,6 +422,13 @@ class Trainer:
 
         assert self._top is not None
         t = self.cfg.train
+        maps: dict[int, torch.Tensor] = {}  # each source's maps read (or extracted) once
+
+        def bottom_maps(source: Any) -> torch.Tensor:
+            if id(source) not in maps:
+                maps[id(source)] = self._bottom_maps(source)
+            return maps[id(source)]
+
         path = self.run.path / "checkpoints" / "adapted_top"
         if (path / "meta.json").exists():
             tensors, meta = load_checkpoint(path)
@@ -438,7 +445,7 @@ class Trainer:
             )
             history = adapt_top(
                 self._top,
-                self._bottom_maps(source)[torch.as_tensor(rows, dtype=torch.long)],
+                bottom_maps(source)[torch.as_tensor(rows, dtype=torch.long)],
                 torch.as_tensor(source.targets[rows], dtype=torch.float32),
                 torch.as_tensor(source.mask[rows], dtype=torch.bool),
                 pool_region=self.cfg.model.pool_region,
@@ -460,14 +467,13 @@ class Trainer:
                 }
                 save_checkpoint(path, state, {"history": history})
             distributed.barrier()
-        self._top.requires_grad_(False)
         digest = key_digest(
             {
                 k: hashlib.sha256(v.cpu().numpy().tobytes()).hexdigest()
                 for k, v in self._top.state_dict().items()
             }
         )
-        self.adaptation = {"blocks": t.adapt_blocks, "history": history, "digest": digest}
+        self.adaptation = {"history": history, "digest": digest}
         cache = FeatureCache(cache_root() / "features")
         features = {}
         for source, _ in self.datasets.values():
@@ -477,7 +483,7 @@ class Trainer:
             features[id(source)] = cache.get_or_compute(
                 key,
                 lambda src=source: top_features(
-                    self._top, self._bottom_maps(src), self.cfg.model.pool_region, amp=self.amp
+                    self._top, bottom_maps(src), self.cfg.model.pool_region, amp=self.amp
                 ),
             )
         return features

@@ -40,7 +40,16 @@ __all__ = ["MTL", "AttributeCNN", "BaseCNN", "split_backbone"]
 TailSpec = str | int
 
 
-def _flat_blocks(model: nn.Module) -> list[nn.Module]:
+def efficientnet_blocks(model: nn.Module, needed_by: str) -> list[nn.Module]:
+    """The blocks of a timm EfficientNet-family ``model``, counted over all stages;
+    NotImplementedError naming ``needed_by`` (e.g. "attribute-specific tails need") for a model
+    without conv_stem, bn1, blocks, conv_head and bn2."""
+    needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+    if not all(hasattr(model, a) for a in needed):
+        raise NotImplementedError(
+            f"{needed_by} a timm EfficientNet-family model (conv_stem, bn1, blocks, conv_head, "
+            f"bn2); got {type(model).__name__}"
+        )
     return [block for stage in model.blocks for block in stage]
 
 
@@ -51,13 +60,7 @@ def split_backbone(model: nn.Module, tail: TailSpec) -> tuple[nn.Module, list[nn
     tail layers are the original modules (``StackedTail`` copies them). Classifier and pooling
     are dropped. Raises ValueError for a bad ``tail``, NotImplementedError for other families.
     """
-    needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
-    if not all(hasattr(model, a) for a in needed):
-        raise NotImplementedError(
-            f"attribute-specific tails need a timm EfficientNet-family model (conv_stem, bn1, "
-            f"blocks, conv_head, bn2); got {type(model).__name__}"
-        )
-    blocks = _flat_blocks(model)
+    blocks = efficientnet_blocks(model, "attribute-specific tails need")
     head = [m for m in (model.conv_head, model.bn2) if not isinstance(m, nn.Identity)]
     stem = [model.conv_stem, model.bn1]
     if tail == "all":
