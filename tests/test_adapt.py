@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from _tiny import tiny_config  # noqa: E402  (tests/ is on sys.path)
-from apcnn.adapt import adapt_top, split_top, top_features
+from apcnn.adapt import Mirrored, adapt_top, split_top, top_features
 from apcnn.config import ConfigError
 from apcnn.models.backbone import create_backbone
 
@@ -87,6 +87,8 @@ def test_adapt_top_checks_shapes():
         adapt_top(top, maps[0], y, mask)
     with pytest.raises(ValueError, match="expected"):
         adapt_top(top, maps, y[:, :2], mask)
+    with pytest.raises(ValueError, match="mirrored maps"):
+        adapt_top(top, maps, y, mask, mirrored=maps[:2])
 
 
 def test_top_features_equal_the_pooled_trunk_on_images(backbone):
@@ -102,7 +104,42 @@ def test_top_features_equal_the_pooled_trunk_on_images(backbone):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path):
+def test_flip_averaged_features_from_maps_equal_the_trunk_and_ignore_mirroring(backbone):
+    """top_features(mirrored=...) on the bottom maps of an image and of its mirror image equals
+    PooledTrunk(flip_average=True) on the image, and a mirrored image has the same features."""
+    from apcnn.models.fc_tail import PooledTrunk
+
+    bottom, top = split_top(backbone, 3)
+    x = torch.randn(3, 3, 96, 64)
+    with torch.no_grad():
+        trunk = PooledTrunk(backbone, REGION, flip_average=True).eval()
+        expected = trunk(x)
+        torch.testing.assert_close(trunk(x.flip(-1)), expected, rtol=1e-5, atol=1e-5)
+        plain = PooledTrunk(backbone, REGION).eval()
+        torch.testing.assert_close(expected, (plain(x) + plain(x.flip(-1))) / 2)
+        maps, mirrored = bottom(x), Mirrored(bottom)(x)
+        got = top_features(top, maps, REGION, mirrored=mirrored, batch_size=2)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="mirrored maps"):
+            top_features(top, maps, REGION, mirrored=mirrored[:, :, :-1])
+
+
+def test_adapt_top_with_mirror_maps_is_seeded_and_uses_them():
+    bottom, top = split_top(create_backbone("tf_efficientnet_lite0", weights="none")[0], 1)
+    maps, y, mask = _toy_problem(bottom, n=8)
+    start = copy.deepcopy(top.state_dict())
+    runs = []
+    for mirrored in (maps.flip(-1), maps.flip(-1), torch.zeros_like(maps)):
+        top.load_state_dict(start)
+        adapt_top(top, maps, y, mask, mirrored=mirrored, epochs=2, batch_size=4, seed=3)
+        runs.append(copy.deepcopy(top.state_dict()))
+    for k in start:
+        torch.testing.assert_close(runs[0][k], runs[1][k], rtol=0, atol=0)
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in start if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["plain", "flip_average"])
+def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path, flip):
     """train.adapt_blocks: the trunk's top is trained once before the methods, recorded, saved
     with every method's checkpoint (evaluate reproduces the test accuracy from images), and a
     second run in the same folder loads the adaptation instead of redoing it."""
@@ -113,7 +150,7 @@ def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path):
 
     out = tmp_path / "run"
     extra = ["model.tail=fc", "train.adapt_blocks=2", "train.adapt_epochs=2"]
-    extra += ["train.methods=[S-CNN, MG-CNN]"]
+    extra += ["train.methods=[S-CNN, MG-CNN]", f"model.flip_average={str(flip).lower()}"]
     result = train(tiny_config(out, *extra))
     metrics = json.loads((out / "metrics.json").read_text())
     assert "adapt" in result["chosen"] and result["chosen"]["adapt"]["blocks"] == 2
@@ -125,6 +162,7 @@ def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path):
         ckpt = out / "checkpoints" / method
         tensors, meta = load_checkpoint(ckpt)
         assert meta["model"]["adapt_blocks"] == 2
+        assert meta["model"].get("flip_average", False) is flip
         head = tensors["cnn.trunk.backbone.conv_head.weight"]
         torch.testing.assert_close(head, adapted["2.weight"])  # top = [block, block, head, bn]
         assert not torch.equal(head, pretrained["conv_head.weight"])
@@ -154,6 +192,11 @@ def test_adapt_blocks_needs_an_fc_tail_on_a_frozen_trunk(tmp_path):
         tiny_config(tmp_path, "model.tail=head", "train.adapt_blocks=2")
     with pytest.raises(ConfigError, match="train.adapt_blocks"):
         tiny_config(tmp_path, "model.tail=fc", "train.adapt_blocks=-1")
+
+
+def test_flip_average_needs_an_fc_tail(tmp_path):
+    with pytest.raises(ConfigError, match="model.flip_average.*model.tail=fc"):
+        tiny_config(tmp_path, "model.tail=head", "model.flip_average=true")
 
 
 def test_too_many_adapt_blocks_is_a_config_error(tmp_path):

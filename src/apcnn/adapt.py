@@ -11,8 +11,9 @@ trained, on cached outputs of the frozen blocks below them (the *bottom*):
     s(i) = A x(i) + b                        (M,)          a temporary linear head
     loss = Σ_{i,m labelled} log(1 + exp(−y_im s_im)) / #labelled
 
-with AdamW, a one-cycle learning rate (the head at 10x the top's) and random horizontal flips of
-the cached maps (an approximation of flipping the image: the bottom's convolutions are nearly
+with AdamW, a one-cycle learning rate (the head at 10x the top's) and random horizontal flips:
+the bottom maps of the mirror images when they are given (``model.flip_average`` caches them),
+otherwise the cached maps flipped (an approximation: the bottom's convolutions are nearly
 flip-equivariant). Batch norms keep their ImageNet statistics (eval mode): batches of a few dozen
 images would give noisy ones. The head is thrown away; the adapted top stays in the backbone, so
 everything after it (the pooled-feature cache, S-CNN, M-CNN, MG-CNN, checkpoints) sees the
@@ -35,7 +36,18 @@ from torch import nn
 from .models.attribute_cnn import efficientnet_blocks
 from .models.pooling import Region, check_region, region_mean
 
-__all__ = ["split_top", "adapt_top", "top_features"]
+__all__ = ["Mirrored", "split_top", "adapt_top", "top_features"]
+
+
+class Mirrored(nn.Module):
+    """``module`` applied to the left-right mirror images: ``module(images.flip(-1))``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.flip(-1))
 
 
 def split_top(backbone: nn.Module, blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -68,6 +80,7 @@ def adapt_top(
     mask: torch.Tensor,
     *,
     pool_region: Sequence[float] | None = None,
+    mirrored: torch.Tensor | None = None,
     epochs: int = 8,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
@@ -87,6 +100,8 @@ def adapt_top(
         targets: (N, M) in {-1, +1} (0 or anything where ``mask`` is False).
         mask: (N, M) bool, True = labelled.
         pool_region: the window of the top's output that is averaged (None: all of it).
+        mirrored: bottom maps of the mirror images, like ``maps``, used for the random flips
+            (None: ``maps`` flipped left-right instead).
         epochs, lr, weight_decay, batch_size: AdamW with a one-cycle schedule to ``lr`` (the
             top) and ``10 * lr`` (the head).
         seed: batch order, flips and the head's start are a pure function of it.
@@ -98,6 +113,10 @@ def adapt_top(
         raise ValueError(
             f"maps (N, C, H, W), targets and mask (N, M) expected; got {tuple(maps.shape)}, "
             f"{tuple(targets.shape)}, {tuple(mask.shape)}"
+        )
+    if mirrored is not None and mirrored.shape != maps.shape:
+        raise ValueError(
+            f"mirrored maps {tuple(mirrored.shape)} must have the maps' shape {tuple(maps.shape)}"
         )
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
@@ -133,9 +152,12 @@ def adapt_top(
         for epoch in range(epochs):
             total, count = 0.0, 0
             for rows in _batches(len(maps), batch_size, generator):
-                z = maps[rows].to(device, torch.float32)
                 flip = torch.rand(len(rows), generator=generator) < 0.5
-                z[flip.to(device)] = z[flip.to(device)].flip(-1)
+                z = maps[rows].to(device, torch.float32)
+                if mirrored is not None:
+                    z[flip.to(device)] = mirrored[rows[flip]].to(device, torch.float32)
+                else:
+                    z[flip.to(device)] = z[flip.to(device)].flip(-1)
                 w = weight[rows].to(device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     scores = head(_pooled(top, z, region))
@@ -168,12 +190,22 @@ def top_features(
     maps: torch.Tensor,
     pool_region: Sequence[float] | None = None,
     *,
+    mirrored: torch.Tensor | None = None,
     batch_size: int = 64,
     amp: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Pooled features (N, D), float32 on the CPU, of ``top`` (eval mode) on cached bottom maps
     (N, C, H', W'): the trunk features of the images the maps came from, without running the
-    bottom again."""
+    bottom again. With ``mirrored`` (the bottom maps of the mirror images) the features are
+    averaged over each image and its mirror image, as ``PooledTrunk(flip_average=True)``."""
+    if mirrored is not None:
+        if mirrored.shape != maps.shape:
+            raise ValueError(
+                f"mirrored maps {tuple(mirrored.shape)} must have the maps' shape "
+                f"{tuple(maps.shape)}"
+            )
+        own = top_features(top, maps, pool_region, batch_size=batch_size, amp=amp)
+        return (own + top_features(top, mirrored, pool_region, batch_size=batch_size, amp=amp)) / 2
     region = check_region(pool_region)
     top.eval()
     device = next(top.parameters()).device

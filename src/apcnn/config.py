@@ -151,6 +151,9 @@ class ModelConfig:
     #: (apcnn.models.pooling; e.g. [0.15, 0.85, 0.25, 0.75]: the middle, where a garment is);
     #: null: global average pooling
     pool_region: list[float] | None = None
+    #: average each image's pooled features with those of its mirror image (left-right flip),
+    #: in training, evaluation and prediction alike; needs tail=fc
+    flip_average: bool = False
     bias: bool = True  #: per-attribute bias next to x^T L s_m
 
     def __post_init__(self) -> None:
@@ -325,6 +328,12 @@ class TrainConfig:
             "train.adapt_blocks",
             "needs model.tail=fc and model.freeze_trunk=true (it adapts the top of the frozen "
             "trunk; a trainable trunk is fine-tuned whole, conv tails already own the top blocks)",
+        )
+        _check(
+            not self.model.flip_average or self.model.tail == "fc",
+            "model.flip_average",
+            "needs model.tail=fc (it averages the pooled trunk features of an image and its "
+            "mirror image; conv tails pool inside each attribute's branch)",
         )
 
 

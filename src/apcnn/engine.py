@@ -254,6 +254,7 @@ class Trainer:
             tail=cfg.model.tail,
             freeze_trunk=cfg.model.freeze_trunk,
             pool_region=cfg.model.pool_region,
+            flip_average=cfg.model.flip_average,
         )
         head = LatentTaskLayer(cnn.feature_dim, num_latent=m, num_attributes=m)
         self.predictor = AttributePredictor(cnn, head, m).to(self.device)
@@ -273,6 +274,8 @@ class Trainer:
         }
         if cfg.model.pool_region is not None:
             self.model_meta["pool_region"] = list(cfg.model.pool_region)
+        if cfg.model.flip_average:
+            self.model_meta["flip_average"] = True
         if cfg.train.adapt_blocks:  # informational: the adapted weights are in the state dict
             self.model_meta["adapt_blocks"] = cfg.train.adapt_blocks
         self.preprocessing = {
@@ -389,20 +392,31 @@ class Trainer:
         }
         if self.cfg.model.pool_region is not None:  # absent otherwise: older caches stay valid
             key["pool_region"] = list(self.cfg.model.pool_region)
+        if self.cfg.model.flip_average:
+            key["flip_average"] = True
         return key
 
-    def _bottom_maps(self, dataset: Any) -> torch.Tensor:
+    def _bottom_maps(self, dataset: Any, *, mirrored: bool = False) -> torch.Tensor:
         """(N, C, H', W') outputs of the frozen blocks below the adapted top, cached on disk
-        (they do not depend on the fold: every fold and method reuses them)."""
+        (they do not depend on the fold: every fold and method reuses them); ``mirrored``: of
+        the left-right mirror images."""
+        from .adapt import Mirrored
         from .features import FeatureCache, extract_features
 
         key = dict(self._feature_key(dataset), tail="bottom", bottom=self.cfg.train.adapt_blocks)
         key.pop("pool_region", None)
+        key.pop("flip_average", None)
+        if mirrored:
+            key["mirrored"] = True
 
         def compute() -> torch.Tensor:
-            self.log.info("extracting the frozen bottom's maps (%d images)", len(dataset))
+            self.log.info(
+                "extracting the frozen bottom's maps (%d %simages)",
+                len(dataset),
+                "mirror " if mirrored else "",
+            )
             return extract_features(
-                self._bottom,
+                Mirrored(self._bottom) if mirrored else self._bottom,
                 dataset,
                 batch_size=self.cfg.train.batch_size,
                 num_workers=self.cfg.data.num_workers,
@@ -422,12 +436,14 @@ class Trainer:
 
         assert self._top is not None
         t = self.cfg.train
-        maps: dict[int, torch.Tensor] = {}  # each source's maps read (or extracted) once
+        maps: dict[tuple[int, bool], torch.Tensor] = {}  # each source's maps read once
 
-        def bottom_maps(source: Any) -> torch.Tensor:
-            if id(source) not in maps:
-                maps[id(source)] = self._bottom_maps(source)
-            return maps[id(source)]
+        def bottom_maps(source: Any, mirrored: bool = False) -> torch.Tensor | None:
+            if mirrored and not self.cfg.model.flip_average:
+                return None
+            if (id(source), mirrored) not in maps:
+                maps[id(source), mirrored] = self._bottom_maps(source, mirrored=mirrored)
+            return maps[id(source), mirrored]
 
         path = self.run.path / "checkpoints" / "adapted_top"
         if (path / "meta.json").exists():
@@ -443,12 +459,15 @@ class Trainer:
                 len(rows),
                 t.adapt_epochs,
             )
+            rows_t = torch.as_tensor(rows, dtype=torch.long)
+            mirrored = bottom_maps(source, True)
             history = adapt_top(
                 self._top,
-                bottom_maps(source)[torch.as_tensor(rows, dtype=torch.long)],
+                bottom_maps(source)[rows_t],
                 torch.as_tensor(source.targets[rows], dtype=torch.float32),
                 torch.as_tensor(source.mask[rows], dtype=torch.bool),
                 pool_region=self.cfg.model.pool_region,
+                mirrored=None if mirrored is None else mirrored[rows_t],
                 epochs=t.adapt_epochs,
                 lr=t.adapt_lr,
                 seed=hash_seed(t.seed, "adapt", 0, 0),
@@ -483,7 +502,11 @@ class Trainer:
             features[id(source)] = cache.get_or_compute(
                 key,
                 lambda src=source: top_features(
-                    self._top, bottom_maps(src), self.cfg.model.pool_region, amp=self.amp
+                    self._top,
+                    bottom_maps(src),
+                    self.cfg.model.pool_region,
+                    mirrored=bottom_maps(src, True),
+                    amp=self.amp,
                 ),
             )
         return features
@@ -506,6 +529,11 @@ class Trainer:
                 self._pretrained_top.to(self.device),
                 self._bottom_maps(source),
                 self.cfg.model.pool_region,
+                mirrored=(
+                    self._bottom_maps(source, mirrored=True)
+                    if self.cfg.model.flip_average
+                    else None
+                ),
             ),
         )
         idx = torch.as_tensor(data.indices, dtype=torch.long)

@@ -65,6 +65,7 @@ def build_predictor(model_meta: dict[str, Any], *, pretrained: bool) -> Attribut
         tail=model_meta["tail"],
         freeze_trunk=model_meta.get("freeze_trunk", True),
         pool_region=model_meta.get("pool_region"),
+        flip_average=model_meta.get("flip_average", False),
     )
     head = LatentTaskLayer(
         cnn.feature_dim, num_latent=model_meta["rank"], num_attributes=model_meta["num_attributes"]

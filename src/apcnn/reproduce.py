@@ -60,6 +60,8 @@ CLOTHING_SETTINGS: dict[str, Any] = {
     "data.crop_fraction": 1.0,
     "model.tail": "fc",
     "model.pool_region": [0.15, 0.85, 0.25, 0.75],
+    # each photo's features averaged with its mirror image's (all methods, train and test)
+    "model.flip_average": True,
     "model.rank": 64,
     "mtl.mu": 0.002,
     "mtl.gamma": 1e-5,

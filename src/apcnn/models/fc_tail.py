@@ -60,22 +60,35 @@ class PooledTrunk(nn.Module):
     """The complete pretrained network up to its pooled features: images -> (B, D).
 
     ``pool_region`` (see :mod:`apcnn.models.pooling`) averages a window of the final feature map
-    instead of the backbone's own global pooling.
+    instead of the backbone's own global pooling. ``flip_average``: the features are
+    ``(f(x) + f(mirror(x))) / 2``, the same for an image and its left-right mirror image.
     """
 
-    def __init__(self, backbone: nn.Module, pool_region: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        pool_region: Sequence[float] | None = None,
+        *,
+        flip_average: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool_region = check_region(pool_region)
+        self.flip_average = bool(flip_average)
         # the ImageNet classifier stays in the state dict but takes no part in the pooled
         # features: never trained (DDP refuses parameters without gradients)
         backbone.get_classifier().requires_grad_(False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(images)
         if self.pool_region is not None:
             return region_mean(features, self.pool_region)
         return self.backbone.forward_head(features, pre_logits=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.flip_average:
+            return (self._pooled(images) + self._pooled(images.flip(-1))) / 2
+        return self._pooled(images)
 
 
 class FCAttributeCNN(AttributeCNN):
@@ -92,13 +105,14 @@ class FCAttributeCNN(AttributeCNN):
         *,
         freeze_trunk: bool = True,
         pool_region: Sequence[float] | None = None,
+        flip_average: bool = False,
     ):
         nn.Module.__init__(self)  # AttributeCNN.__init__ splits conv blocks; this split is fixed
         self.num_attributes = num_attributes
         self.tail = "fc"
         self.freeze_trunk = bool(freeze_trunk)
         self.info = None
-        self.trunk = PooledTrunk(backbone, pool_region)
+        self.trunk = PooledTrunk(backbone, pool_region, flip_average=flip_average)
         self.feature_dim = int(backbone.num_features)
         self.tails = StackedLinearTail(self.feature_dim, num_attributes)
         if self.freeze_trunk:
@@ -119,13 +133,21 @@ def build_attribute_cnn(
     tail: str | int,
     freeze_trunk: bool,
     pool_region: Sequence[float] | None = None,
+    flip_average: bool = False,
 ) -> nn.Module:
     """``AttributeCNN`` for conv tails (``"head"``, an int, ``"all"``), ``FCAttributeCNN`` for
-    ``"fc"``; both pool the final feature map over ``pool_region`` (None: all of it)."""
+    ``"fc"``; both pool the final feature map over ``pool_region`` (None: all of it).
+    ``flip_average`` (``"fc"`` only): features averaged over the image and its mirror image."""
     if tail == "fc":
         return FCAttributeCNN(
-            backbone, num_attributes, freeze_trunk=freeze_trunk, pool_region=pool_region
+            backbone,
+            num_attributes,
+            freeze_trunk=freeze_trunk,
+            pool_region=pool_region,
+            flip_average=flip_average,
         )
+    if flip_average:
+        raise ValueError("flip_average needs tail='fc'")
     return AttributeCNN(
         backbone, num_attributes, tail=tail, freeze_trunk=freeze_trunk, pool_region=pool_region
     )
