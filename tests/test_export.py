@@ -18,9 +18,12 @@ REAL_CLOTHING = (
 TOL = 1e-4
 
 
-def make_checkpoint(path: Path, schema, image_size: int, *, rank: int = 5, seed: int = 0) -> Path:
+def make_checkpoint(
+    path: Path, schema, image_size: int, *, rank: int = 5, seed: int = 0, **model: object
+) -> Path:
     """A predictor with ImageNet trunk/tails and a random (seeded) W = L S, bias and calibration,
-    saved like a trained one (no training needed to test the graph)."""
+    saved like a trained one (no training needed to test the graph); ``model`` overrides
+    entries of the model metadata (e.g. ``tail="fc"``)."""
     from apcnn.config import TrainConfig, config_to_dict
     from apcnn.models.backbone import DEFAULT_BACKBONE, create_backbone
     from apcnn.predictor import build_predictor, save_predictor
@@ -33,6 +36,7 @@ def make_checkpoint(path: Path, schema, image_size: int, *, rank: int = 5, seed:
         "freeze_trunk": True,
         "num_attributes": m,
         "rank": rank,
+        **model,
     }
     predictor = build_predictor(model_meta, pretrained=True)
     model_meta["feature_dim"] = predictor.cnn.feature_dim
@@ -103,6 +107,28 @@ def test_synthetic_parity_and_dynamic_batch(synthetic_export):
     images = torch.stack([ds[i]["image"] for i in range(7)])
     for batch in (images[:1], images):  # batch 1 and 7 through one graph
         assert_parity(ckpt, onnx_path, batch)
+
+
+def test_fc_tail_with_window_and_flip_average_parity(tmp_path):
+    """model.flip_average and model.pool_region are part of the exported graph: onnxruntime
+    matches PyTorch, and an image and its mirror image get the same scores."""
+    from apcnn.data.synthetic import synthetic_schema
+    from apcnn.export import export_onnx
+
+    ckpt = make_checkpoint(
+        tmp_path / "ckpt",
+        synthetic_schema(),
+        image_size=64,
+        tail="fc",
+        pool_region=[0.15, 0.85, 0.25, 0.75],
+        flip_average=True,
+    )
+    onnx_path = export_onnx(ckpt, tmp_path / "model.onnx")
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert_parity(ckpt, onnx_path, images)
+    plain, _ = torch_outputs(ckpt, images)
+    mirrored, _ = torch_outputs(ckpt, images.flip(-1))
+    np.testing.assert_allclose(mirrored, plain, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_export_and_predict_onnx_match_checkpoint(synthetic_export, tmp_path, capsys):
