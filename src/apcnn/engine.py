@@ -12,7 +12,9 @@ The frozen trunk's output is computed once per dataset and cached on disk; the t
 With ``train.adapt_blocks=n`` the last n blocks of that trunk are first fine-tuned on all
 attributes at once (``apcnn.adapt``, on cached maps of the blocks below; saved in
 ``checkpoints/adapted_top`` so a resumed run reuses it), and every method works on the adapted
-trunk; ``Trainer.pretrained_inputs`` still gives the ImageNet trunk's features.
+trunk; ``Trainer.pretrained_inputs`` still gives the ImageNet trunk's features. With
+``model.flip_average`` the bottom maps of the mirror images are cached too: the features are
+averaged over each image and its mirror image, as the saved model computes them from images.
 With ``model.freeze_trunk=false`` the images go through the whole network instead (trunk at
 ``train.lr * train.trunk_lr_scale``, training images randomly cropped and flipped), every epoch and
 every solve: the paper's end-to-end fine-tuning, meant for GPUs.
