@@ -204,3 +204,24 @@ def test_too_many_adapt_blocks_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"adapt_blocks must be in \[1, 16\]"):
         train(tiny_config(tmp_path / "run", "model.tail=fc", "train.adapt_blocks=40"))
+
+
+@pytest.mark.parametrize("extra", [["model.freeze_trunk=false"], []], ids=["trainable", "conv"])
+def test_pretrained_inputs_are_the_imagenet_features_for_any_trunk(tmp_path, extra):
+    """S-/M-extract need the pooled ImageNet features also when the model's trunk is trainable or
+    ends in conv tails (e.g. a GPU run with model.tail=all)."""
+    from apcnn.engine import Trainer
+    from apcnn.models.fc_tail import PooledTrunk
+    from apcnn.runlog import RunDir
+
+    cfg = tiny_config(tmp_path / "run", "model.tail=head", *extra)
+    with RunDir(tmp_path / "run") as run:
+        trainer = Trainer(cfg, run)
+        xs = trainer.pretrained_inputs("test")
+    source, rows = trainer.datasets["test"]
+    trunk = PooledTrunk(create_backbone("tf_efficientnet_lite0", weights="imagenet")[0]).eval()
+    with torch.no_grad():
+        images = torch.stack([source[int(i)]["image"] for i in rows[:4]])
+        expected = trunk(images)
+    assert xs.shape == (len(rows), expected.shape[1])
+    torch.testing.assert_close(xs[:4], expected, rtol=1e-4, atol=1e-4)

@@ -87,3 +87,40 @@ def test_clothing_preset_is_the_reproduce_recipe(tmp_path):
         "crop_fraction",
     ):
         assert preset_dict["data"][key] == recipe["data"][key], key
+
+
+def test_set_changes_the_recipe_but_never_the_protocol(tmp_path):
+    from apcnn.config import ConfigError
+    from apcnn.reproduce import fold_config
+
+    cfg = fold_config("DATA", tmp_path, 2, 5, quick=False, overrides=["model.flip_average=false"])
+    assert cfg.model.flip_average is False and cfg.train.adapt_blocks == 5
+    assert (cfg.data.root, cfg.data.fold, cfg.data.folds) == ("DATA", 2, 5)
+    with pytest.raises(ConfigError, match="data.fold would change the protocol"):
+        fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["data.fold=3"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["model.tail"])
+    with pytest.raises(ConfigError, match="model.nope"):
+        fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["model.nope=1"])
+
+
+def test_cli_set_error_is_one_clear_line(tmp_path, capsys):
+    from apcnn.cli import main
+
+    argv = ["reproduce", "clothing", "--root", str(tmp_path), "--set", "run.out=x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "run.out would change the protocol" in err and err.count("\n") == 1
+
+
+def test_a_finished_fold_is_reused_only_with_the_same_set(tmp_path):
+    from apcnn.config import ConfigError
+    from apcnn.reproduce import run_fold
+
+    fold = tmp_path / "fold0"
+    fold.mkdir()
+    record = {"fold": 0, "results": {}, "overrides": ["model.flip_average=false"]}
+    (fold / "fold.json").write_text(json.dumps(record))
+    assert run_fold("DATA", fold, 0, 5, False, ["model.flip_average=false"]) == record
+    with pytest.raises(ConfigError, match="pass a new --out"):
+        run_fold("DATA", fold, 0, 5, False, [])

@@ -117,7 +117,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce_clothing
 
-    reproduce_clothing(args.root, folds=args.folds, out=args.out, quick=args.quick)
+    reproduce_clothing(
+        args.root, folds=args.folds, out=args.out, quick=args.quick, overrides=args.set
+    )
     return 0
 
 
@@ -239,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", default="runs/reproduce-clothing")
     p.add_argument("--quick", action="store_true", help="one fold, reduced schedule")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a key of the recipe (configs/clothing.yaml), e.g. model.tail=all",
+    )
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("data", help="dataset tools")

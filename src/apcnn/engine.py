@@ -520,11 +520,12 @@ class Trainer:
         from .features import FeatureCache
 
         data = self.splits[split]
-        if self._pretrained_top is None:
-            if data.inputs is None:
-                raise ValueError("a trainable trunk has no cached features")
-            return data.inputs
         source, _ = self.datasets[split]
+        if self._pretrained_top is None:
+            if self.cfg.model.tail == "fc" and not self.trainable_trunk:
+                return data.inputs  # the frozen, pooled ImageNet trunk's cached features
+            idx = torch.as_tensor(data.indices, dtype=torch.long)
+            return self._imagenet_features(source)[idx].to(self.device, self.dtype)
         features = FeatureCache(cache_root() / "features").get_or_compute(
             self._feature_key(source),
             lambda: top_features(
@@ -540,6 +541,31 @@ class Trainer:
         )
         idx = torch.as_tensor(data.indices, dtype=torch.long)
         return features[idx].to(self.device, self.dtype)
+
+    def _imagenet_features(self, dataset: Any) -> torch.Tensor:
+        """(N, D) pooled features of the whole ImageNet network (fresh from the weights file,
+        whatever the model trains), cached under the key a frozen fc trunk's features have."""
+        from .features import FeatureCache, extract_features
+        from .models.backbone import create_backbone
+        from .models.fc_tail import PooledTrunk
+
+        def compute() -> torch.Tensor:
+            backbone, _ = create_backbone(self.cfg.model.backbone, weights=self.cfg.model.weights)
+            trunk = PooledTrunk(
+                backbone, self.cfg.model.pool_region, flip_average=self.cfg.model.flip_average
+            )
+            self.log.info("extracting ImageNet features (%d images)", len(dataset))
+            return extract_features(
+                trunk,
+                dataset,
+                batch_size=self.cfg.train.batch_size,
+                num_workers=self.cfg.data.num_workers,
+                device=self.device,
+                progress=self.run.is_main,
+            )
+
+        key = dict(self._feature_key(dataset), tail="fc")
+        return FeatureCache(cache_root() / "features").get_or_compute(key, compute)
 
     def _trunk_features(self, dataset: Any) -> torch.Tensor:
         from .features import FeatureCache, extract_features

@@ -30,6 +30,7 @@ from its checkpoint. The trunk features are cached on disk and shared by folds a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 import shutil
 import time
 from pathlib import Path
@@ -105,14 +106,44 @@ EXTRACT_MUS = (0.002, 0.008, 0.03)  # per-sample group weights tried for M-extra
 METHODS = ("S-extract", "M-extract", "S-CNN", "M-CNN", "MG-CNN")
 
 
-def fold_config(root: str | Path, out: Path, fold: int, folds: int, quick: bool) -> Any:
+# the protocol itself: `--set` may change the recipe, never these
+PROTOCOL_KEYS = ("data.name", "data.root", "data.fold", "data.folds", "data.split_seed", "run.out")
+
+
+def check_overrides(overrides: Sequence[str]) -> list[str]:
+    """``key=value`` strings over the recipe; ConfigError for a malformed one or a protocol key."""
+    from .config import ConfigError
+
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        if key in PROTOCOL_KEYS:
+            raise ConfigError(
+                f"--set {key} would change the protocol ({', '.join(PROTOCOL_KEYS)} are fixed; "
+                "use --root, --folds and --out)"
+            )
+    return list(overrides)
+
+
+def fold_config(
+    root: str | Path,
+    out: Path,
+    fold: int,
+    folds: int,
+    quick: bool,
+    overrides: Sequence[str] = (),
+) -> Any:
+    """The fold's TrainConfig: the preset (+ the quick schedule), then ``overrides``
+    (``key=value``, as ``apcnn train --set``), then the protocol keys."""
     from .config import TrainConfig, load_config
 
     settings = dict(CLOTHING_SETTINGS, **(QUICK_SETTINGS if quick else {}))
-    settings.update(
-        {"data.root": str(root), "data.fold": fold, "data.folds": folds, "run.out": str(out)}
-    )
-    return load_config(TrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
+    protocol = {"data.root": str(root), "data.fold": fold, "data.folds": folds, "run.out": str(out)}
+    items = [f"{k}={json.dumps(v)}" for k, v in settings.items()]
+    items += check_overrides(overrides)
+    items += [f"{k}={json.dumps(v)}" for k, v in protocol.items()]
+    return load_config(TrainConfig, None, items)
 
 
 def _accuracy(decision_values: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
@@ -211,15 +242,30 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     return results, chosen
 
 
-def run_fold(root: str | Path, out: Path, fold: int, folds: int, quick: bool) -> dict[str, Any]:
-    """All five methods on one fold; a finished fold is read back from ``fold.json``."""
+def run_fold(
+    root: str | Path,
+    out: Path,
+    fold: int,
+    folds: int,
+    quick: bool,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """All five methods on one fold; a finished fold is read back from ``fold.json`` (if it
+    was run with the same ``overrides``: otherwise ConfigError, never a mix of recipes)."""
+    from .config import ConfigError
     from .engine import Trainer
     from .runlog import RunDir, atomic_write_json, seed_everything
 
     done = out / "fold.json"
     if done.exists():
-        return json.loads(done.read_text())
-    cfg = fold_config(root, out, fold, folds, quick)
+        record = json.loads(done.read_text())
+        if record.get("overrides", []) != list(overrides):
+            raise ConfigError(
+                f"{out} was run with --set {record.get('overrides', [])}, not "
+                f"{list(overrides)}; pass a new --out (or the same --set to reuse it)"
+            )
+        return record
+    cfg = fold_config(root, out, fold, folds, quick, overrides)
     seed_everything(cfg.train.seed)
     start = time.time()
     with RunDir(out) as run:
@@ -234,6 +280,7 @@ def run_fold(root: str | Path, out: Path, fold: int, folds: int, quick: bool) ->
             "schema": trainer.schema.to_dict(),
             "S": trainer.predictor.head.S.detach().cpu().numpy().tolist(),
             "seconds": time.time() - start,
+            "overrides": list(overrides),
         }
     atomic_write_json(done, record)
     # The fold is final (fold.json short-circuits a rerun): its resume state (the largest file,
@@ -248,15 +295,22 @@ def reproduce_clothing(
     folds: int = 5,
     out: str | Path = "runs/reproduce-clothing",
     quick: bool = False,
+    overrides: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the protocol and write ``OUT/results.json`` and ``OUT/report.md``."""
+    """Run the protocol and write ``OUT/results.json`` and ``OUT/report.md``.
+
+    ``overrides``: ``key=value`` changes to the recipe (``CLOTHING_SETTINGS``), as ``apcnn train
+    --set``; e.g. complete per-attribute CNNs on a GPU: ``model.tail=all``,
+    ``model.freeze_trunk=false``, ``train.adapt_blocks=0``, ``model.flip_average=false``."""
     from .data import DatasetError, create_dataset
     from .metrics import method_block
     from .reports import PAPER_TABLE_III, format_table, write_report
     from .runlog import atomic_write_json
 
     out = Path(out)
+    overrides = check_overrides(overrides)
+    fold_config(root, out / "fold0", 0, folds, quick, overrides)  # a bad --set fails here
     try:
         create_dataset("clothing", root=root, split="all")
     except DatasetError as err:
@@ -270,7 +324,7 @@ def reproduce_clothing(
     records = []
     for k in fold_ids:
         t0 = time.time()
-        records.append(run_fold(root, out / f"fold{k}", k, folds, quick))
+        records.append(run_fold(root, out / f"fold{k}", k, folds, quick, overrides))
         if progress:
             done = len(records)
             eta = (time.time() - start) / done * (len(fold_ids) - done)
@@ -305,6 +359,7 @@ def reproduce_clothing(
             "missing_labels": "excluded",
             "hyperparameters": "chosen on a validation part of the training folds",
             "quick": quick,
+            "overrides": overrides,
         },
         "methods": methods,
         "chosen_hyperparameters": {r["fold"]: r["chosen"] for r in records},
