@@ -30,9 +30,9 @@ from its checkpoint. The trunk features are cached on disk and shared by folds a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
