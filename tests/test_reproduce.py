@@ -98,7 +98,7 @@ def test_set_changes_the_recipe_but_never_the_protocol(tmp_path):
     assert (cfg.data.root, cfg.data.fold, cfg.data.folds) == ("DATA", 2, 5)
     with pytest.raises(ConfigError, match="data.fold would change the protocol"):
         fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["data.fold=3"])
-    with pytest.raises(ConfigError, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="must look like key=value"):
         fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["model.tail"])
     with pytest.raises(ConfigError, match="model.nope"):
         fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["model.nope=1"])

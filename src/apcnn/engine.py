@@ -429,6 +429,10 @@ class Trainer:
 
         return FeatureCache(cache_root() / "features").get_or_compute(key, compute)
 
+    def _mirror_maps(self, dataset: Any) -> torch.Tensor | None:
+        """The bottom maps of the mirror images with ``model.flip_average``, else None."""
+        return self._bottom_maps(dataset, mirrored=True) if self.cfg.model.flip_average else None
+
     def _adapted_features(self) -> dict[int, torch.Tensor]:
         """Adapt the top of the trunk on the training split (or load the adaptation of an
         interrupted run), then ``{id(source): pooled adapted-trunk features}`` of every source."""
@@ -441,10 +445,9 @@ class Trainer:
         maps: dict[tuple[int, bool], torch.Tensor] = {}  # each source's maps read once
 
         def bottom_maps(source: Any, mirrored: bool = False) -> torch.Tensor | None:
-            if mirrored and not self.cfg.model.flip_average:
-                return None
             if (id(source), mirrored) not in maps:
-                maps[id(source), mirrored] = self._bottom_maps(source, mirrored=mirrored)
+                read = self._mirror_maps if mirrored else self._bottom_maps
+                maps[id(source), mirrored] = read(source)
             return maps[id(source), mirrored]
 
         path = self.run.path / "checkpoints" / "adapted_top"
@@ -532,11 +535,7 @@ class Trainer:
                 self._pretrained_top.to(self.device),
                 self._bottom_maps(source),
                 self.cfg.model.pool_region,
-                mirrored=(
-                    self._bottom_maps(source, mirrored=True)
-                    if self.cfg.model.flip_average
-                    else None
-                ),
+                mirrored=self._mirror_maps(source),
             ),
         )
         idx = torch.as_tensor(data.indices, dtype=torch.long)

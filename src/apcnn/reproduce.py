@@ -112,12 +112,10 @@ PROTOCOL_KEYS = ("data.name", "data.root", "data.fold", "data.folds", "data.spli
 
 def check_overrides(overrides: Sequence[str]) -> list[str]:
     """``key=value`` strings over the recipe; ConfigError for a malformed one or a protocol key."""
-    from .config import ConfigError
+    from .config import ConfigError, _parse_override
 
     for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if "=" not in item or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, _ = _parse_override(item)
         if key in PROTOCOL_KEYS:
             raise ConfigError(
                 f"--set {key} would change the protocol ({', '.join(PROTOCOL_KEYS)} are fixed; "
@@ -309,7 +307,7 @@ def reproduce_clothing(
     from .runlog import atomic_write_json
 
     out = Path(out)
-    overrides = check_overrides(overrides)
+    overrides = list(overrides)
     fold_config(root, out / "fold0", 0, folds, quick, overrides)  # a bad --set fails here
     try:
         create_dataset("clothing", root=root, split="all")
