@@ -94,7 +94,7 @@ def test_set_changes_the_recipe_but_never_the_protocol(tmp_path):
     from apcnn.reproduce import fold_config
 
     cfg = fold_config("DATA", tmp_path, 2, 5, quick=False, overrides=["model.flip_average=false"])
-    assert cfg.model.flip_average is False and cfg.train.adapt_blocks == 8
+    assert cfg.model.flip_average is False and cfg.train.adapt_blocks == 5
     assert (cfg.data.root, cfg.data.fold, cfg.data.folds) == ("DATA", 2, 5)
     with pytest.raises(ConfigError, match="data.fold would change the protocol"):
         fold_config("DATA", tmp_path, 0, 5, quick=False, overrides=["data.fold=3"])
