@@ -193,7 +193,8 @@ def main() -> None:
         "per attribute by inner CV); gain in points over the first row, measured in the same "
         "run. The third-to-last row is the input of `apcnn reproduce clothing`, the last two "
         "rows the same on an adapted trunk (`apcnn.adapt`, on the training folds): the one its "
-        "CNN methods use, then a deeper adaptation.\n\n" + "\n".join(lines) + "\n"
+        "CNN methods use, then a deeper adaptation (better on test fold 0, not over the 5 folds "
+        "with MG-CNN: README, Table III section).\n\n" + "\n".join(lines) + "\n"
     )
     write_section("clothing-input", body)
     print("\n".join(lines))
