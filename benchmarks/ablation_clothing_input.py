@@ -18,8 +18,9 @@ per attribute by 3-fold inner CV: ``apcnn.selection.per_attribute_ridge``) on th
 Accuracy is reported per group and in total, and as the gain over the old recipe in the same
 run. Needs the dataset: ``python benchmarks/ablation_clothing_input.py --root
 ../shared/data/ClothingAttributeDataset [--quick]`` (``--quick``: test fold 0 only, the old
-recipe, 224 x 336 with the window, and the same on the two adapted trunks, about 12 minutes on
-2 cores; otherwise all 5 folds and every variant, about an hour).
+recipe, 224 x 336 with the window, and the same on the two adapted trunks: 607 s measured on 2
+cores; otherwise all 5 folds and every variant: about 45 minutes before the second adaptation
+was added, not timed since; on fold 0 that adaptation took 232 s with its maps).
 Writes the "clothing-input" section of docs/benchmarks.md.
 """
 
