@@ -115,6 +115,7 @@ def test_write_report_files(tmp_path):
     text = path.read_text()
     total = f"{100 * res['methods']['MG-CNN']['total']:.2f}"
     assert total in text and "(92.82)" in text  # paper numbers: the schema has Table II groups
+    assert "Against the paper" in text and "- MG-CNN: " in text  # and where we stand against them
     assert "Balanced accuracy" in text and "Average precision" in text
     assert "colors_0" in text  # per-attribute table
 
@@ -160,3 +161,24 @@ def test_ordering_summary_says_whether_the_papers_ordering_holds():
     broken = dict(holds, **{"MG-CNN": block(0.905, [0.90, 0.91])})
     assert "does **not** hold" in ordering_summary(broken)
     assert ordering_summary({"S-CNN": block(0.9, [0.9])}) is None
+
+
+def test_paper_comparison_names_the_figures_below_the_paper():
+    from apcnn.reports import PAPER_TABLE_III, paper_comparison
+
+    mg = PAPER_TABLE_III["MG-CNN"]
+    ours = {
+        "MG-CNN": {
+            "total": mg["total"] + 0.002,
+            "groups": dict(mg["groups"], colors=mg["groups"]["colors"] - 0.0135),
+        },
+        "S-CNN": {"total": 0.99, "groups": {g: 0.99 for g in mg["groups"]}},
+        "mine": {"total": 0.5, "groups": {}},  # not in the paper: skipped
+    }
+    lines = paper_comparison(ours, PAPER_TABLE_III)
+    assert lines[0] == (
+        "- MG-CNN: **below** the paper on colors -1.35; at or above it on total +0.20, "
+        "patterns +0.00, cloth_parts +0.00, appearance +0.00."
+    )
+    assert lines[1] == "- S-CNN: at or above the paper on every figure (total +8.57)."
+    assert len(lines) == 2

@@ -19,7 +19,14 @@ import numpy as np
 
 from apcnn.data.schema import AttributeSchema
 
-__all__ = ["PAPER_TABLE_III", "PAPER_METHODS", "format_table", "write_report", "paper_for_schema"]
+__all__ = [
+    "PAPER_TABLE_III",
+    "PAPER_METHODS",
+    "format_table",
+    "write_report",
+    "paper_for_schema",
+    "paper_comparison",
+]
 
 
 def _row(colors: float, patterns: float, cloth_parts: float, appearance: float, total: float):
@@ -374,6 +381,39 @@ def ordering_summary(methods: Mapping[str, Any]) -> str | None:
     return text
 
 
+def paper_comparison(methods: Mapping[str, Any], paper: Mapping[str, Any]) -> list[str]:
+    """One line per method that the paper reports too: where ours is at or above the paper's
+    figure and where it is **below**, total and groups, in percentage points.
+
+    ``methods`` and ``paper`` map a method name to a block with ``total`` and ``groups``
+    (fractions, as in ``results.json``). Methods missing from either side are skipped.
+    """
+    lines = []
+    for name, ours in methods.items():
+        ref = paper.get(name)
+        if not (isinstance(ours, Mapping) and "total" in ours and isinstance(ref, Mapping)):
+            continue
+        pairs = [("total", ours["total"], ref["total"])] + [
+            (group, (ours.get("groups") or {}).get(group), value)
+            for group, value in ref["groups"].items()
+        ]
+        above, below = [], []
+        for label, mine, theirs in pairs:
+            if mine is None or (isinstance(mine, float) and math.isnan(mine)):
+                continue
+            gap = 100 * (float(mine) - float(theirs))
+            (above if gap >= 0 else below).append(f"{label} {gap:+.2f}")
+        verdict = f"at or above the paper on every figure ({above[0]})" if not below else (
+            "**below** the paper on " + ", ".join(below)
+        )
+        lines.append(
+            f"- {name}: {verdict}"
+            + (f"; at or above it on {', '.join(above)}" if below and above else "")
+            + "."
+        )
+    return lines
+
+
 def write_report(
     out_dir: str | Path,
     results: Mapping[str, Any],
@@ -426,6 +466,10 @@ def write_report(
     md += ["## Results", "", "```", format_table(methods, ref), "```", ""]
     if ref:
         md += ["Paper numbers (in parentheses): Abdulnabi et al. 2015, Table III.", ""]
+        comparison = paper_comparison(methods, ref)
+        if comparison:
+            md += ["Against the paper (percentage points, ours minus the paper's):", ""]
+            md += comparison + [""]
     summary = ordering_summary(methods)
     if summary:
         md += [summary, ""]
