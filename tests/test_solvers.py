@@ -394,21 +394,6 @@ def test_torch_in_torch_out_and_float32():
     assert isinstance(f, float)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_device_is_kept():
-    X, Y, mask, L, _ = make_problem(False, seed=14)
-    dev = torch.device("cuda")
-    Xt, Yt, mt, Lt = (torch.tensor(a, device=dev) for a in (X, Y, mask, L))
-    St = sv.fit_combination(Xt, Yt, Lt, GROUPS, 3.0, mt)
-    assert St.device.type == "cuda"
-    np.testing.assert_allclose(
-        St.cpu().numpy(), sv.fit_combination(X, Y, L, GROUPS, 3.0, mask), atol=1e-8
-    )
-    res = sv.fit_alternating(Xt, Yt, GROUPS, mu=1.0, gamma=0.5, lam=0.5, K=3, mask=mt, bias=True)
-    assert res.L.device.type == "cuda" and np.all(np.diff(res.history) <= 0)
-
-
 def test_objective_is_eq2():
     X, Y, mask, L, S = make_problem(False, seed=15)
     mu, gamma, lam = 0.5, 0.2, 0.3
