@@ -50,8 +50,9 @@ def test_solvers_keep_cuda_tensors_and_agree_with_cpu():
     rng = np.random.default_rng(14)
     n, m, d, k = 40, 6, 8, 4
     groups = [[0, 1, 2], [3, 4], [5]]
-    X = rng.standard_normal((n, d))
-    Y = np.sign(X @ rng.standard_normal((d, m)) + 0.5 * rng.standard_normal((n, m)) + 0.3)
+    X = rng.standard_normal((n, m, d))  # a feature per attribute, as the paper's CNNs give
+    scores = np.einsum("nmd,dm->nm", X, rng.standard_normal((d, m)))
+    Y = np.sign(scores + 0.5 * rng.standard_normal((n, m)) + 0.3)
     mask = rng.random((n, m)) >= 0.2
     L = rng.standard_normal((d, k))
     Xc, Yc, mc, Lc = (torch.tensor(a, device="cuda") for a in (X, Y, mask, L))

@@ -403,14 +403,11 @@ def paper_comparison(methods: Mapping[str, Any], paper: Mapping[str, Any]) -> li
                 continue
             gap = 100 * (float(mine) - float(theirs))
             (above if gap >= 0 else below).append(f"{label} {gap:+.2f}")
-        verdict = f"at or above the paper on every figure ({above[0]})" if not below else (
-            "**below** the paper on " + ", ".join(below)
-        )
-        lines.append(
-            f"- {name}: {verdict}"
-            + (f"; at or above it on {', '.join(above)}" if below and above else "")
-            + "."
-        )
+        if not below and above:  # above[0]: the total (listed first)
+            lines.append(f"- {name}: at or above the paper on every figure ({above[0]}).")
+        elif below:
+            rest = f"; at or above it on {', '.join(above)}" if above else ""
+            lines.append(f"- {name}: **below** the paper on {', '.join(below)}{rest}.")
     return lines
 
 
