@@ -20,12 +20,14 @@ def test_missing_dataset_folder_gives_one_clear_error(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA.exists(), reason="real Clothing data not present")
-def test_reproduce_quick_on_real_data(tmp_path, monkeypatch):
+def test_reproduce_quick_on_real_data(tmp_path, monkeypatch, capsys):
     from apcnn.reproduce import METHODS, reproduce_clothing
 
     monkeypatch.setenv("APCNN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "repro"
     results = reproduce_clothing(DATA, out=out, quick=True)
+    printed = capsys.readouterr().out
+    assert "against the paper" in printed and "- MG-CNN: " in printed  # after the table
     saved = json.loads((out / "results.json").read_text())
     assert saved["methods"].keys() == set(METHODS)
     for block in saved["methods"].values():
@@ -38,6 +40,7 @@ def test_reproduce_quick_on_real_data(tmp_path, monkeypatch):
     assert set(mc) == {"sleevelength", "neckline", "category"}
     assert all(1 / 7 < v <= 1.0 for v in mc.values())
     assert "Multi-class accuracy" in (out / "report.md").read_text()
+    assert "Against the paper" in (out / "report.md").read_text()
     # a finished fold is not redone
     again = reproduce_clothing(DATA, out=out, quick=True)
     assert again["methods"] == results["methods"]

@@ -303,7 +303,7 @@ def reproduce_clothing(
     ``model.freeze_trunk=false``, ``train.adapt_blocks=0``, ``model.flip_average=false``."""
     from .data import DatasetError, create_dataset
     from .metrics import method_block
-    from .reports import PAPER_TABLE_III, format_table, write_report
+    from .reports import PAPER_TABLE_III, format_table, paper_comparison, write_report
     from .runlog import atomic_write_json
 
     out = Path(out)
@@ -368,6 +368,8 @@ def reproduce_clothing(
     atomic_write_json(out / "results.json", results)
     write_report(out, results, schema=schema, S=np.asarray(records[-1]["S"]))
     print(format_table(results, PAPER_TABLE_III))
+    print("against the paper (points, ours minus the paper's):")
+    print("\n".join(paper_comparison(methods, PAPER_TABLE_III)))
     if mc_folds:
         shown = ", ".join(f"{k} {100 * np.mean(v):.2f}" for k, v in mc_folds.items())
         print(f"multi-class attributes (S-extract, accuracy %): {shown}")
