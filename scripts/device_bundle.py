@@ -64,9 +64,8 @@ def tracked_bytes() -> int:
     names = subprocess.run(
         ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
     ).stdout.split(b"\0")
-    return sum(
-        (REPO / n.decode()).stat().st_size for n in names if n and (REPO / n.decode()).is_file()
-    )
+    paths = [REPO / name.decode() for name in names if name]
+    return sum(path.stat().st_size for path in paths if path.is_file())
 
 
 def main(argv: list[str] | None = None) -> int:

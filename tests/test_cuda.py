@@ -28,14 +28,25 @@ def _totals(out) -> dict[str, float]:
     return {name: block["total"] for name, block in methods.items()}
 
 
+@pytest.fixture(scope="module")
+def cpu_totals(tmp_path_factory) -> dict[str, float]:
+    """The tiny run on the CPU, once for every autocast variant compared with it."""
+    from apcnn.engine import train
+
+    base = tmp_path_factory.mktemp("cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("APCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        train(tiny_config(base / "run", "train.device=cpu"))
+    return _totals(base / "run")
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_cuda_training_under_autocast_agrees_with_cpu(tmp_path, amp):
+def test_cuda_training_under_autocast_agrees_with_cpu(tmp_path, amp, cpu_totals):
     from apcnn.engine import train
     from apcnn.inference import evaluate_checkpoint
 
-    train(tiny_config(tmp_path / "cpu", "train.device=cpu"))
     train(tiny_config(tmp_path / "gpu", "train.device=cuda", f"train.amp={amp}"))
-    cpu, gpu = _totals(tmp_path / "cpu"), _totals(tmp_path / "gpu")
+    cpu, gpu = cpu_totals, _totals(tmp_path / "gpu")
     assert set(gpu) == set(cpu)
     for method, total in cpu.items():
         # the same data and seed: only rounding differs (autocast, GPU kernels)

@@ -78,15 +78,20 @@ def _methods(results: Mapping[str, Any]) -> Mapping[str, Any]:
     return results
 
 
+def _missing(x: Any) -> bool:
+    """No figure: None or NaN (a method without that group, an empty fold)."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _pct(x: Any) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if _missing(x):
         return _DASH
     return f"{100 * float(x):.2f}"
 
 
 def _cell(value: Any, std: Any, paper: Any, with_paper: bool) -> str:
     text = _pct(value)
-    if std is not None and text != _DASH and not (isinstance(std, float) and math.isnan(std)):
+    if text != _DASH and not _missing(std):
         text += f" ± {100 * float(std):.2f}"
     if with_paper:
         text += f" ({_pct(paper)})"
@@ -399,7 +404,7 @@ def paper_comparison(methods: Mapping[str, Any], paper: Mapping[str, Any]) -> li
         ]
         above, below = [], []
         for label, mine, theirs in pairs:
-            if mine is None or (isinstance(mine, float) and math.isnan(mine)):
+            if _missing(mine):
                 continue
             gap = 100 * (float(mine) - float(theirs))
             (above if gap >= 0 else below).append(f"{label} {gap:+.2f}")
