@@ -42,37 +42,14 @@ from torch import nn
 
 from . import distributed
 from .data.schema import AttributeSchema
+from .data.splits import available_splits, build_datasets  # noqa: F401  (re-export)
+from .devices import autocast_dtype, resolve_device
 from .losses import masked_squared_hinge
 
 METHOD_ORDER = ("S-CNN", "M-CNN", "MG-CNN")
 
 
 # ----------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
-
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'cpu'")
-    return device
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the CNN parts (None = full precision). Solvers always use fp32."""
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    # auto: mixed precision where it pays off (CUDA); on CPU bf16 autocast is opt-in.
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
 class FromTrunk(nn.Module):
     """``predictor.forward_from_trunk`` as a module's forward, for DDP to wrap."""
 
@@ -121,54 +98,6 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]]:
-    """train / val / test as ``{split: (source dataset, indices into it)}``.
-
-    Datasets with official splits use them (``train``, ``val`` when present, ``test``); those
-    without (Clothing) use the seeded k-fold protocol of DESIGN.md section 2 on ``all``: fold
-    ``data.fold`` of ``data.folds`` is the test set. Without an official ``val`` split, a seeded
-    ``data.val_fraction`` of the training part is held out for calibration and monitoring.
-    Splits that come from one source share its cached trunk features.
-    """
-    from .data import create_dataset
-    from .data.splits import kfold_indices, train_val_split
-
-    d = cfg.data
-    kwargs = dict(root=d.root, transform=transform, **(d.options or {}))
-    if d.skip_bad_images:
-        kwargs["skip_bad_images"] = True
-    splits = available_splits(d.name, d.root)
-    if "train" in splits and "test" in splits:
-        train = create_dataset(d.name, split="train", **kwargs)
-        test = create_dataset(d.name, split="test", **kwargs)
-        out = {"train": (train, np.arange(len(train))), "test": (test, np.arange(len(test)))}
-        if "val" in splits:
-            val = create_dataset(d.name, split="val", **kwargs)
-            out["val"] = (val, np.arange(len(val)))
-        else:
-            tr, va = train_val_split(np.arange(len(train)), d.val_fraction, d.split_seed)
-            out["train"], out["val"] = (train, np.asarray(tr)), (train, np.asarray(va))
-        return out
-    full = create_dataset(d.name, split="all", **kwargs)
-    if not 0 <= d.fold < d.folds:
-        from .config import ConfigError
-
-        raise ConfigError(f"data.fold={d.fold} is outside 0..{d.folds - 1} (data.folds={d.folds})")
-    train_idx, test_idx = kfold_indices(len(full), d.folds, d.split_seed)[d.fold]
-    tr, va = train_val_split(np.asarray(train_idx), d.val_fraction, d.split_seed)
-    return {
-        "train": (full, np.asarray(tr)),
-        "val": (full, np.asarray(va)),
-        "test": (full, np.asarray(test_idx)),
-    }
-
-
-def available_splits(name: str, root: str | None = None) -> tuple[str, ...]:
-    from .data import dataset_splits
-
-    return tuple(dataset_splits(name, root=root))
 
 
 # ------------------------------------------------------------------------------ state

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .devices import autocast_dtype
+
 __all__ = ["CPU_MICRO_BATCH", "FeatureCache", "extract_features", "key_digest"]
 
 CPU_MICRO_BATCH = 4
@@ -40,16 +42,6 @@ def _collate_images(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Te
     images = torch.stack([it["image"] for it in items])
     index = torch.as_tensor([int(it["index"]) for it in items], dtype=torch.int64)
     return images, index
-
-
-def _autocast_dtype(amp: bool | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    if amp is None or amp is False:
-        return None
-    if amp is True:
-        return torch.bfloat16 if device.type == "cpu" else torch.float16
-    if isinstance(amp, torch.dtype):
-        return amp
-    raise TypeError(f"amp must be a bool, a torch.dtype or None, got {amp!r}")
 
 
 def extract_features(
@@ -97,7 +89,7 @@ def extract_features(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     n = len(dataset)
     dev = torch.device(device)
-    cast = _autocast_dtype(amp, dev)
+    cast = autocast_dtype(amp, dev)
     if micro_batch == "auto":
         step = CPU_MICRO_BATCH if dev.type == "cpu" else batch_size
     elif micro_batch is None:

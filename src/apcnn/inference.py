@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from .data.schema import AttributeSchema
-from .engine import build_datasets, resolve_device
+from .data.splits import build_datasets
+from .devices import resolve_device
 
 
 def checkpoint_dataset(

@@ -318,8 +318,9 @@ def zeroshot_from_checkpoint(
     from .config import TrainConfig, config_from_dict
     from .data import create_dataset
     from .data.schema import AttributeSchema
+    from .data.splits import available_splits
     from .data.transforms import build_transform
-    from .engine import available_splits, resolve_device
+    from .devices import resolve_device
     from .features import extract_features
     from .predictor import load_predictor
 
@@ -448,7 +449,7 @@ def _checkpoint_calibration_prior(meta, cfg, transform, calibration) -> np.ndarr
     if stored is not None:
         rho = np.asarray([np.nan if v is None else v for v in stored], dtype=np.float64)
     else:
-        from .engine import build_datasets
+        from .data.splits import build_datasets
 
         source, idx = build_datasets(cfg, transform)["val"]
         rho = calibration_prior(np.asarray(source.targets)[idx], np.asarray(source.mask)[idx])

@@ -13,6 +13,7 @@ set of split ``f`` and the other folds (sorted) its training set.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,57 @@ def seen_unseen_split(
     return np.flatnonzero(seen).astype(np.int64), np.flatnonzero(unseen).astype(np.int64)
 
 
+# ------------------------------------------------------------------ the split protocol
+def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]]:
+    """train / val / test as ``{split: (source dataset, indices into it)}``.
+
+    Datasets with official splits use them (``train``, ``val`` when present, ``test``); those
+    without (Clothing) use the seeded k-fold protocol of docs/design.md section 2 on ``all``: fold
+    ``data.fold`` of ``data.folds`` is the test set. Without an official ``val`` split, a seeded
+    ``data.val_fraction`` of the training part is held out for calibration and monitoring.
+    Splits that come from one source share its cached trunk features.
+    """
+    from . import create_dataset
+
+    d = cfg.data
+    kwargs = dict(root=d.root, transform=transform, **(d.options or {}))
+    if d.skip_bad_images:
+        kwargs["skip_bad_images"] = True
+    splits = available_splits(d.name, d.root)
+    if "train" in splits and "test" in splits:
+        train = create_dataset(d.name, split="train", **kwargs)
+        test = create_dataset(d.name, split="test", **kwargs)
+        out = {"train": (train, np.arange(len(train))), "test": (test, np.arange(len(test)))}
+        if "val" in splits:
+            val = create_dataset(d.name, split="val", **kwargs)
+            out["val"] = (val, np.arange(len(val)))
+        else:
+            tr, va = train_val_split(np.arange(len(train)), d.val_fraction, d.split_seed)
+            out["train"], out["val"] = (train, np.asarray(tr)), (train, np.asarray(va))
+        return out
+    full = create_dataset(d.name, split="all", **kwargs)
+    if not 0 <= d.fold < d.folds:
+        from ..config import ConfigError
+
+        raise ConfigError(f"data.fold={d.fold} is outside 0..{d.folds - 1} (data.folds={d.folds})")
+    train_idx, test_idx = kfold_indices(len(full), d.folds, d.split_seed)[d.fold]
+    tr, va = train_val_split(np.asarray(train_idx), d.val_fraction, d.split_seed)
+    return {
+        "train": (full, np.asarray(tr)),
+        "val": (full, np.asarray(va)),
+        "test": (full, np.asarray(test_idx)),
+    }
+
+
+def available_splits(name: str, root: str | None = None) -> tuple[str, ...]:
+    from . import dataset_splits
+
+    return tuple(dataset_splits(name, root=root))
+
+
 __all__ = [
+    "available_splits",
+    "build_datasets",
     "indices_of_classes",
     "kfold_indices",
     "seen_unseen_classes",
