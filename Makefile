@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test test-fast lint bench clean venv
 
 venv: $(STAMP)
 
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	$(BIN)/apcnn demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# the unit tier for the inner loop (under 3 minutes on 2 cores): no slow or distributed tests
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not distributed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

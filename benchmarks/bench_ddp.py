@@ -37,13 +37,13 @@ def worker(args: argparse.Namespace) -> None:
     from apcnn import distributed
     from apcnn.data import create_dataset
     from apcnn.data.transforms import build_transform
-    from apcnn.engine import FromTrunk
     from apcnn.features import extract_features
     from apcnn.losses import masked_squared_hinge
     from apcnn.models.backbone import create_backbone
     from apcnn.models.fc_tail import build_attribute_cnn
     from apcnn.models.latent import LatentTaskLayer
     from apcnn.predictor import AttributePredictor
+    from apcnn.training import FromTrunk
 
     info = distributed.init_distributed(args.device, timeout_s=600)
     device = torch.device(args.device if args.device == "cpu" else f"cuda:{info.local_rank}")

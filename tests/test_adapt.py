@@ -144,9 +144,9 @@ def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path, flip):
     with every method's checkpoint (evaluate reproduces the test accuracy from images), and a
     second run in the same folder loads the adaptation instead of redoing it."""
     from apcnn.checkpoint import load_checkpoint
-    from apcnn.engine import Trainer, train
     from apcnn.inference import evaluate_checkpoint
     from apcnn.runlog import RunDir
+    from apcnn.training import Trainer, train
 
     out = tmp_path / "run"
     extra = ["model.tail=fc", "train.adapt_blocks=2", "train.adapt_epochs=2"]
@@ -176,9 +176,9 @@ def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path, flip):
     with RunDir(out) as run:
         again = Trainer(cfg, run, resume=True)
     assert "trunk adaptation loaded" in (out / "train.log").read_text()
-    assert again.adaptation is not None
+    assert again.inputs.adaptation is not None
     assert (
-        again.adaptation["history"]
+        again.inputs.adaptation["history"]
         == load_checkpoint(out / "checkpoints" / "adapted_top")[1]["history"]
     )
     # the extract baselines see the ImageNet trunk, not the adapted one
@@ -200,7 +200,7 @@ def test_flip_average_needs_an_fc_tail(tmp_path):
 
 
 def test_too_many_adapt_blocks_is_a_config_error(tmp_path):
-    from apcnn.engine import train
+    from apcnn.training import train
 
     with pytest.raises(ConfigError, match=r"adapt_blocks must be in \[1, 16\]"):
         train(tiny_config(tmp_path / "run", "model.tail=fc", "train.adapt_blocks=40"))
@@ -210,15 +210,15 @@ def test_too_many_adapt_blocks_is_a_config_error(tmp_path):
 def test_pretrained_inputs_are_the_imagenet_features_for_any_trunk(tmp_path, extra):
     """S-/M-extract need the pooled ImageNet features also when the model's trunk is trainable or
     ends in conv tails (e.g. a GPU run with model.tail=all)."""
-    from apcnn.engine import Trainer
     from apcnn.models.fc_tail import PooledTrunk
     from apcnn.runlog import RunDir
+    from apcnn.training import Trainer
 
     cfg = tiny_config(tmp_path / "run", "model.tail=head", *extra)
     with RunDir(tmp_path / "run") as run:
         trainer = Trainer(cfg, run)
         xs = trainer.pretrained_inputs("test")
-    source, rows = trainer.datasets["test"]
+    source, rows = trainer.inputs.datasets["test"]
     trunk = PooledTrunk(create_backbone("tf_efficientnet_lite0", weights="imagenet")[0]).eval()
     with torch.no_grad():
         images = torch.stack([source[int(i)]["image"] for i in rows[:4]])

@@ -305,3 +305,67 @@ def test_rng_state_round_trip(tmp_path):
     restore_rng_state(unflatten_state_dict(loaded, m["rng"]))
     got = (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist())
     assert got == expected
+
+
+# ------------------------------------------------------------------- predictor checkpoints
+OLD_MODEL = {  # a predictor's "model" entry as the first versions wrote it (no optional keys)
+    "backbone": "tf_efficientnet_lite0",
+    "weights": "none",
+    "tail": "head",
+    "freeze_trunk": True,
+    "num_attributes": 3,
+    "rank": 2,
+}
+OLD_PRE = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+def _predictor_checkpoint(path, model: dict, pre: dict):
+    """Write a predictor checkpoint with exactly these ``model``/``preprocessing`` entries
+    (save_checkpoint directly: save_predictor would refuse the invalid ones)."""
+    from apcnn.predictor import FORMAT, build_predictor
+
+    weights = build_predictor(OLD_MODEL, pretrained=False).state_dict()
+    body = {"format": FORMAT, "model": model, "schema": SCHEMA.to_dict(), "preprocessing": pre}
+    save_checkpoint(path, weights, {**body, "config": {}})
+    return path
+
+
+def test_old_predictor_checkpoints_load_and_keep_their_meta(tmp_path):
+    from apcnn.predictor import checkpoint_spec, load_predictor
+
+    for name, model in [("bare", OLD_MODEL), ("with_dim", {**OLD_MODEL, "feature_dim": 1280})]:
+        path = _predictor_checkpoint(tmp_path / name, model, OLD_PRE)
+        predictor, m = load_predictor(path)
+        assert m["model"] == model and m["preprocessing"] == OLD_PRE
+        spec = checkpoint_spec(m)
+        assert spec.model_dict() == model and spec.preprocessing_dict() == OLD_PRE
+        assert spec.input_shape == (32, 32) and spec.crop_fraction == 0.875
+        assert predictor(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "model, pre, match",
+    [
+        ({**OLD_MODEL, "colour": "red"}, OLD_PRE, r"bad: invalid model description.*'colour'"),
+        (OLD_MODEL, {**OLD_PRE, "crop_fraction": 0}, r"preprocessing\.crop_fraction"),
+        ({**OLD_MODEL, "feature_dim": 7}, OLD_PRE, r"feature_dim is 7 but"),
+    ],
+)
+def test_bad_predictor_meta_is_a_checkpoint_error_naming_the_key(tmp_path, model, pre, match):
+    from apcnn.predictor import load_predictor
+
+    path = _predictor_checkpoint(tmp_path / "bad", model, pre)
+    with pytest.raises(CheckpointError, match=match):
+        load_predictor(path)
+
+
+def test_save_predictor_checks_the_dicts_it_is_given(tmp_path):
+    from apcnn.predictor import build_predictor, save_predictor
+
+    predictor = build_predictor(OLD_MODEL, pretrained=False)
+    kw = {"schema": SCHEMA, "config": {}}
+    bad = {**OLD_MODEL, "rank": 0}
+    with pytest.raises(ValueError, match=r"model\.rank"):
+        save_predictor(tmp_path / "a", predictor, model_meta=bad, preprocessing=OLD_PRE, **kw)
+    with pytest.raises(TypeError, match="spec="):
+        save_predictor(tmp_path / "b", predictor, model_meta=OLD_MODEL, **kw)

@@ -6,13 +6,18 @@ from typing import Literal
 import pytest
 
 from apcnn.config import (
+    REMOVED_KEYS,
     ConfigError,
     TrainConfig,
     apply_overrides,
     check_data_root,
     config_from_dict,
     config_to_dict,
+    list_presets,
     load_config,
+    parse_override,
+    preset_path,
+    preset_settings,
     save_config,
 )
 
@@ -32,7 +37,7 @@ def test_defaults():
     assert cfg.mtl.loss == "squared_hinge" and cfg.mtl.method == "fista"
     assert cfg.train.amp == "auto" and cfg.train.schedule == "cosine"
     assert cfg.train.epochs_single == 5 and cfg.train.epochs_joint == 3 and cfg.train.rounds == 2
-    assert cfg.run.out == "runs/default" and cfg.run.name is None
+    assert cfg.run.out == "runs/default"
 
 
 def test_precedence_defaults_yaml_overrides(tmp_path):
@@ -57,7 +62,7 @@ def test_value_parsing_and_coercion(tmp_path):
             "data.skip_bad_images=true",
             "model.tail=3",
             "model.weights=null",
-            "run.name=2024",  # str field keeps the text
+            "run.out=2024",  # str field keeps the text
             "data.options.split=a",
             "data.options.n=3",
             "data.options.sub.k=x",
@@ -68,7 +73,7 @@ def test_value_parsing_and_coercion(tmp_path):
     assert cfg.data.skip_bad_images is True
     assert cfg.model.tail == 3 and isinstance(cfg.model.tail, int)
     assert cfg.model.weights is None
-    assert cfg.run.name == "2024"
+    assert cfg.run.out == "2024"
     assert cfg.data.options == {"split": "a", "n": 3, "sub": {"k": "x"}}
     p = write(tmp_path, "train:\n  amp: off\n  epochs_single: 2.0\nmodel:\n  tail: head\n")
     cfg = load_config(TrainConfig, p, [])
@@ -134,6 +139,69 @@ def test_value_checks_and_bad_override_syntax():
         config_from_dict(TrainConfig, {"mtl": 3})
     with pytest.raises(ConfigError, match="must be a mapping"):
         config_from_dict(TrainConfig, [1])
+
+
+@pytest.mark.parametrize(
+    "key, reason",
+    [
+        ("model.bias", "always has a per-attribute bias"),
+        ("train.checkpoint_every", "checkpoints after every step"),
+        ("train.calibrate", "always fitted on the validation split"),
+        ("train.log_every", "once per epoch"),
+        ("run.name", "use --out DIR"),
+    ],
+)
+def test_removed_key_is_refused_with_the_reason(tmp_path, key, reason):
+    assert key in REMOVED_KEYS
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, None, [f"{key}=1"])
+    msg = str(e.value)
+    assert f"'{key}' was removed in overrides: " in msg and reason in msg and "\n" not in msg
+    p = write(tmp_path, f"{section}:\n  {name}: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, p, [])
+    assert f"'{key}' was removed in {p}: " in str(e.value) and reason in str(e.value)
+    with pytest.raises(ConfigError, match=f"'{key}' was removed"):
+        apply_overrides(TrainConfig(), [f"{key}=1"])
+
+
+def test_stored_config_with_removed_keys_still_loads():
+    """Checkpoints and run folders written before the removal carry the old keys."""
+    stored = config_to_dict(TrainConfig())
+    stored["model"]["bias"] = True
+    stored["train"].update(checkpoint_every=1, calibrate=True, log_every=10)
+    stored["run"]["name"] = None
+    assert config_from_dict(TrainConfig, stored) == TrainConfig()
+    assert "bias" in stored["model"]  # the caller's mapping is left alone
+
+
+def test_parse_override():
+    assert parse_override("mtl.mu=0.1") == ("mtl.mu", "0.1")
+    assert parse_override(" data.root = /a=b") == ("data.root", " /a=b")  # value stays raw text
+    assert parse_override("run.out=") == ("run.out", "")
+    with pytest.raises(ConfigError, match=r"override 'mtl.mu' must look like key=value"):
+        parse_override("mtl.mu")
+    with pytest.raises(
+        ConfigError, match=r"--option '=3' has an empty key; write e.g. decode=true"
+    ):
+        parse_override("=3", what="--option", example="decode=true")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("mtl..mu=1")
+
+
+def test_presets_are_packaged():
+    names = list_presets()
+    assert {"demo", "clothing", "awa2", "celeba", "cub", "folder"} <= set(names)
+    for name in names:
+        path = preset_path(name)
+        assert path.parent.name == "configs" and path.parent.parent.name == "apcnn"
+        load_config(TrainConfig, path, [])  # every preset loads
+    with pytest.raises(ConfigError, match="no preset 'nope'; the presets are: .*clothing"):
+        preset_path("nope")
+    settings = preset_settings("clothing")
+    assert settings["train.adapt_blocks"] == 5 and settings["mtl.lam"] == "auto"
+    assert settings["model.pool_region"] == [0.15, 0.85, 0.25, 0.75]
 
 
 def test_yaml_round_trip(tmp_path):

@@ -31,7 +31,7 @@ def _totals(out) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def cpu_totals(tmp_path_factory) -> dict[str, float]:
     """The tiny run on the CPU, once for every autocast variant compared with it."""
-    from apcnn.engine import train
+    from apcnn.training import train
 
     base = tmp_path_factory.mktemp("cpu")
     with pytest.MonkeyPatch.context() as mp:
@@ -42,8 +42,8 @@ def cpu_totals(tmp_path_factory) -> dict[str, float]:
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_training_under_autocast_agrees_with_cpu(tmp_path, amp, cpu_totals):
-    from apcnn.engine import train
     from apcnn.inference import evaluate_checkpoint
+    from apcnn.training import train
 
     train(tiny_config(tmp_path / "gpu", "train.device=cuda", f"train.amp={amp}"))
     cpu, gpu = cpu_totals, _totals(tmp_path / "gpu")

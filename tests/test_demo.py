@@ -7,16 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from apcnn.config import TrainConfig, config_to_dict, load_config
+from apcnn.config import TrainConfig, config_to_dict, list_presets, load_config, preset_path
 from apcnn.demo import demo_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_settings_equal_configs_demo_yaml():
-    from_yaml = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", [])
-    from_code = demo_config(from_yaml.run.out)
+def test_demo_is_the_demo_preset():
+    """`apcnn demo` is `apcnn train -c configs/demo.yaml` (the checkout's link to the package)."""
+    from_yaml = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", ["train.seed=3"])
+    from_code = demo_config(from_yaml.run.out, seed=3)
     assert config_to_dict(from_code) == config_to_dict(from_yaml)
+    quick = demo_config("x", quick=True)
+    assert quick.data.options == {"num_images": 300} and quick.model.rank == from_yaml.model.rank
+
+
+def test_configs_folder_is_the_packaged_presets():
+    assert (ROOT / "configs").resolve() == preset_path("demo").parent.resolve()
+    assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")) == list_presets()
 
 
 @pytest.mark.parametrize("name", ["demo", "clothing", "awa2", "celeba", "cub", "folder"])

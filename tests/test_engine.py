@@ -24,8 +24,8 @@ def _feature_cache(tmp_path_factory, monkeypatch):
 
 
 def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
-    from apcnn.engine import train
     from apcnn.inference import evaluate_checkpoint, predict_images
+    from apcnn.training import train
 
     out = tmp_path / "run"
     result = train(tiny_config(out))
@@ -76,7 +76,7 @@ def test_config_errors_are_one_line(tmp_path):
 
 
 def test_tampered_checkpoint_is_rejected(tmp_path):
-    from apcnn.engine import train
+    from apcnn.training import train
 
     out = tmp_path / "run"
     train(tiny_config(out, "train.methods=[S-CNN]", "train.epochs_single=1"))
@@ -148,7 +148,7 @@ def test_tail_decay_to_init_keeps_tails_near_their_start(tmp_path):
     decay pulls them towards zero instead."""
     import torch
 
-    from apcnn.engine import train
+    from apcnn.training import train
 
     moved = {}
     for to_init in (False, True):
@@ -175,8 +175,8 @@ def test_tail_decay_to_init_keeps_tails_near_their_start(tmp_path):
 def test_task_weights_are_checked_and_weight_the_sgd_loss(tmp_path):
     import torch
 
-    from apcnn.engine import train
     from apcnn.losses import masked_squared_hinge
+    from apcnn.training import train
 
     with pytest.raises(ConfigError, match="mtl.task_weights.*3 values"):
         train(tiny_config(tmp_path / "run", "mtl.task_weights=[1, 2, 3]"))
@@ -197,16 +197,16 @@ def test_keep_best_returns_to_the_best_validated_round(tmp_path, monkeypatch, ke
     (keep_best) or with the last one (keep_best=false)."""
     import torch
 
-    from apcnn.engine import Trainer, train
+    from apcnn.training import KeepBest, train
 
     heads = {}
-    original = Trainer._keep_if_best
+    original = KeepBest.update
 
-    def fake_val(self, method, rnd, val):
-        heads[(method, rnd)] = self.predictor.head.L.detach().clone()
-        original(self, method, rnd, {0: 0.9, 1: 0.5}[rnd])
+    def fake_val(self, method, rnd, val, model):
+        heads[(method, rnd)] = model.head.L.detach().clone()
+        return original(self, method, rnd, {0: 0.9, 1: 0.5}[rnd], model)
 
-    monkeypatch.setattr(Trainer, "_keep_if_best", fake_val)
+    monkeypatch.setattr(KeepBest, "update", fake_val)
     out = tmp_path / "run"
     result = train(
         tiny_config(
@@ -224,7 +224,7 @@ def test_keep_best_returns_to_the_best_validated_round(tmp_path, monkeypatch, ke
 
 
 def test_auto_task_weights_are_chosen_and_recorded(tmp_path):
-    from apcnn.engine import train
+    from apcnn.training import train
 
     result = train(
         tiny_config(
@@ -245,9 +245,9 @@ def test_auto_task_weights_are_chosen_and_recorded(tmp_path):
 def test_portrait_input_and_region_pooling_reach_the_checkpoint(tmp_path):
     """data.image_height / crop_fraction and model.pool_region train, are saved with the
     checkpoint, and evaluate/predict rebuild the same input pipeline and pooling from it."""
-    from apcnn.engine import train
     from apcnn.inference import evaluate_checkpoint, predict_images
     from apcnn.predictor import load_predictor
+    from apcnn.training import train
 
     out = tmp_path / "run"
     extra = [
@@ -281,18 +281,18 @@ def test_linear_probe_starts_scnn_from_the_svms_and_keep_best_chooses(tmp_path, 
     higher than after SGD (faked here), and M-CNN starts from that."""
     import torch
 
-    from apcnn.engine import Trainer, train
+    from apcnn.training import KeepBest, train
 
     heads = {}
-    original = Trainer._keep_if_best
+    original = KeepBest.update
 
-    def fake_val(self, method, rnd, val):
+    def fake_val(self, method, rnd, val, model):
         if method == "S-CNN":
-            heads[rnd] = self.predictor.head.L.detach().clone()
+            heads[rnd] = model.head.L.detach().clone()
             val = {0: 0.9, 1: 0.5}[rnd]
-        original(self, method, rnd, val)
+        return original(self, method, rnd, val, model)
 
-    monkeypatch.setattr(Trainer, "_keep_if_best", fake_val)
+    monkeypatch.setattr(KeepBest, "update", fake_val)
     out = tmp_path / "run"
     result = train(
         tiny_config(out, "model.tail=fc", "train.linear_probe=true", "train.methods=[S-CNN]")

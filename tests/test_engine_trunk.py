@@ -26,9 +26,9 @@ def _trunk_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_trainable_trunk_is_fine_tuned_and_saved(tmp_path):
-    from apcnn.engine import train
     from apcnn.inference import evaluate_checkpoint
     from apcnn.predictor import build_predictor
+    from apcnn.training import train
 
     out = tmp_path / "run"
     result = train(tiny_config(out, *TRAINABLE))
@@ -52,8 +52,8 @@ def test_trainable_trunk_is_fine_tuned_and_saved(tmp_path):
 
 
 def test_trunk_learning_rate_scale_zero_keeps_trunk_weights(tmp_path):
-    from apcnn.engine import train
     from apcnn.predictor import build_predictor
+    from apcnn.training import train
 
     out = tmp_path / "run"
     train(
@@ -82,23 +82,23 @@ class _Stop(Exception):
 
 def test_trainable_trunk_resume_is_exact(tmp_path, monkeypatch):
     """Interrupted after an augmented SGD epoch of MG-CNN, resumed: bit-identical result."""
-    from apcnn.engine import Trainer, train
+    from apcnn.training import steps, train
 
     extra = [*TRAINABLE, "train.epochs_single=1", "train.epochs_joint=2", "data.augment=true"]
     train(tiny_config(tmp_path / "full", *extra))
 
-    original = Trainer._sgd_epoch
+    original = steps.sgd_epoch
 
-    def stop_mid_joint(self, method, rnd, epoch):
-        original(self, method, rnd, epoch)
-        if method == "MG-CNN" and epoch == 0:
+    def stop_mid_joint(ctx, sgd, method, rnd, epoch, step):
+        original(ctx, sgd, method, rnd, epoch, step)
+        if method.name == "MG-CNN" and epoch == 0:
             raise _Stop
 
-    monkeypatch.setattr(Trainer, "_sgd_epoch", stop_mid_joint)
+    monkeypatch.setattr(steps, "sgd_epoch", stop_mid_joint)
     cfg = tiny_config(tmp_path / "cut", *extra)
     with pytest.raises(_Stop):
         train(cfg)
-    monkeypatch.setattr(Trainer, "_sgd_epoch", original)
+    monkeypatch.setattr(steps, "sgd_epoch", original)
     torch.manual_seed(12345)  # the resumed run must not depend on the caller's random state
     train(cfg, resume=True)
 

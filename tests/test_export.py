@@ -19,44 +19,64 @@ TOL = 1e-4
 
 
 def make_checkpoint(
-    path: Path, schema, image_size: int, *, rank: int = 5, seed: int = 0, **model: object
+    path: Path,
+    schema,
+    image_size: int,
+    *,
+    rank: int = 5,
+    seed: int = 0,
+    image_height: int | None = None,
+    **model: object,
 ) -> Path:
     """A predictor with ImageNet trunk/tails and a random (seeded) W = L S, bias and calibration,
     saved like a trained one (no training needed to test the graph); ``model`` overrides
-    entries of the model metadata (e.g. ``tail="fc"``)."""
+    entries of the model metadata (e.g. ``tail="fc"``), ``image_height`` gives portrait input."""
+    import dataclasses
+
     from apcnn.config import TrainConfig, config_to_dict
     from apcnn.models.backbone import DEFAULT_BACKBONE, create_backbone
+    from apcnn.models.spec import ModelSpec
     from apcnn.predictor import build_predictor, save_predictor
 
-    m = schema.num_attributes
+    _, info = create_backbone(DEFAULT_BACKBONE, weights="none")
     model_meta = {
         "backbone": DEFAULT_BACKBONE,
         "weights": "imagenet",
         "tail": "head",
         "freeze_trunk": True,
-        "num_attributes": m,
+        "num_attributes": schema.num_attributes,
         "rank": rank,
         **model,
     }
-    predictor = build_predictor(model_meta, pretrained=True)
-    model_meta["feature_dim"] = predictor.cnn.feature_dim
+    pre = {"image_size": image_size, "mean": list(info.mean), "std": list(info.std)}
+    if image_height is not None:
+        pre["image_height"] = image_height
+    spec = ModelSpec.from_checkpoint_meta(model_meta, pre)
+    predictor = build_predictor(spec, pretrained=True)
+    spec = dataclasses.replace(spec, feature_dim=predictor.cnn.feature_dim)
+    m = spec.num_attributes
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in predictor.head.state_dict().items():
             tensor.copy_(torch.randn(tensor.shape, generator=g) * (0.05 if "L" in name else 1.0))
         predictor.calibration[0] = torch.rand(m, generator=g) + 0.5
         predictor.calibration[1] = torch.randn(m, generator=g) * 0.3
-    _, info = create_backbone(DEFAULT_BACKBONE, weights="none")
     save_predictor(
         path,
         predictor,
-        model_meta=model_meta,
+        spec=spec,
         schema=schema,
-        preprocessing={"image_size": image_size, "mean": list(info.mean), "std": list(info.std)},
         config=config_to_dict(TrainConfig()),
         extra={"method": "MG-CNN"},
     )
     return path
+
+
+def eval_transform(meta: dict):
+    """The evaluation transform a checkpoint's (or sidecar's) meta records."""
+    from apcnn.models.spec import ModelSpec
+
+    return ModelSpec.from_meta(meta).eval_transform()
 
 
 def torch_outputs(checkpoint: Path, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +113,8 @@ def synthetic_export(tmp_path_factory):
 
 
 def test_synthetic_parity_and_dynamic_batch(synthetic_export):
+    from apcnn.checkpoint import read_checkpoint_meta
     from apcnn.data import create_dataset
-    from apcnn.data.transforms import build_transform
     from apcnn.export import load_onnx_meta
 
     ckpt, onnx_path = synthetic_export
@@ -102,8 +122,10 @@ def test_synthetic_parity_and_dynamic_batch(synthetic_export):
     pre = meta["preprocessing"]
     assert pre["image_size"] == 64 and meta["schema"]["names"][0] == "red"
     assert meta["outputs"] == {"scores": ["batch", 13], "probabilities": ["batch", 13]}
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
-    ds = create_dataset("synthetic", split="test", num_images=64, transform=transform)
+    # the sidecar describes the model exactly as the checkpoint does
+    source = read_checkpoint_meta(ckpt)
+    assert meta["model"] == source["model"] and pre == source["preprocessing"]
+    ds = create_dataset("synthetic", split="test", num_images=64, transform=eval_transform(meta))
     images = torch.stack([ds[i]["image"] for i in range(7)])
     for batch in (images[:1], images):  # batch 1 and 7 through one graph
         assert_parity(ckpt, onnx_path, batch)
@@ -158,6 +180,30 @@ def test_cli_export_and_predict_onnx_match_checkpoint(synthetic_export, tmp_path
     assert main(["predict", "--onnx", str(tmp_path / "missing.onnx"), paths[0]]) == 2
 
 
+def test_portrait_input_export_and_predict_match_checkpoint(tmp_path):
+    """preprocessing.image_height (portrait input): the graph takes (B, 3, H, W) images and
+    predict --onnx feeds the same (H, W) transform as predict --checkpoint."""
+    from PIL import Image
+
+    from apcnn.data.synthetic import synthetic_schema
+    from apcnn.export import export_onnx, load_onnx_meta, predict_onnx
+    from apcnn.inference import predict_images
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", synthetic_schema(), image_size=32, image_height=48)
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx")
+    meta = load_onnx_meta(onnx_path)
+    assert meta["inputs"] == {"images": ["batch", 3, 48, 32]}
+    assert meta["preprocessing"]["image_height"] == 48
+    images = torch.rand(2, 3, 48, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert_parity(ckpt, onnx_path, images)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (60, 90), (30, 160, 90)).save(photo)
+    (via_onnx,) = predict_onnx(onnx_path, [photo])
+    (via_torch,) = predict_images(ckpt, [str(photo)])
+    for name, v in via_onnx["attributes"].items():
+        assert v["score"] == pytest.approx(via_torch["attributes"][name]["score"], abs=TOL)
+
+
 def test_export_errors_are_clear(tmp_path):
     from apcnn.export import export_onnx, predict_onnx
 
@@ -166,19 +212,19 @@ def test_export_errors_are_clear(tmp_path):
     (tmp_path / "x.onnx").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="sidecar"):
         predict_onnx(tmp_path / "x.onnx", ["a.png"])
+    with pytest.raises(ValueError, match="no 'model'"):
+        predict_onnx(tmp_path / "x.onnx", ["a.png"], meta={"schema": {}, "preprocessing": {}})
 
 
 @pytest.mark.skipif(not (REAL_CLOTHING / "images").is_dir(), reason="Clothing dataset absent")
 def test_clothing_images_parity_at_224(tmp_path):
     from apcnn.data import create_dataset
-    from apcnn.data.transforms import build_transform
     from apcnn.export import export_onnx, load_onnx_meta
 
     ds = create_dataset("clothing", root=str(REAL_CLOTHING), split="all")
     ckpt = make_checkpoint(tmp_path / "ckpt", ds.schema, image_size=224, rank=8, seed=1)
     onnx_path = export_onnx(ckpt, tmp_path / "clothing.onnx")
-    pre = load_onnx_meta(onnx_path)["preprocessing"]
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    transform = eval_transform(load_onnx_meta(onnx_path))
     ds = create_dataset("clothing", root=str(REAL_CLOTHING), split="all", transform=transform)
     batch = torch.stack([ds[i]["image"] for i in range(0, 400, 50)])  # 8 real photos
     assert batch.shape == (8, 3, 224, 224)

@@ -30,7 +30,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from apcnn.config import TrainConfig, load_config
-    from apcnn.engine import train
+    from apcnn.training import train
 
     base = tmp_path_factory.mktemp("html")
     old = os.environ.get("APCNN_CACHE")

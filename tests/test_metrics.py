@@ -130,7 +130,7 @@ def test_method_block_matches_design_schema():
         mask = rng.random(y.shape) > 0.1
         folds.append(attribute_metrics(s, y, mask, schema))
     block = method_block(folds, schema)
-    # DESIGN section 3 keys and types
+    # docs/design.md section 3 keys and types
     assert {"total", "groups", "per_attribute", "folds", "metric"} <= set(block)
     assert block["metric"] == "accuracy"
     assert set(block["groups"]) == set(CLOTHING_GROUPS)

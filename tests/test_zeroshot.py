@@ -160,7 +160,7 @@ def tiny_run(tmp_path_factory):
     import os
 
     from apcnn.config import TrainConfig, load_config
-    from apcnn.engine import train
+    from apcnn.training import train
 
     base = tmp_path_factory.mktemp("zeroshot")
     old = os.environ.get("APCNN_CACHE")
@@ -281,3 +281,70 @@ def test_zeroshot_needs_a_class_attribute_matrix(tmp_path):
         zeroshot_from_checkpoint(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="method"):
         zeroshot_from_checkpoint(tmp_path / "ckpt", method="nope")
+
+
+def test_zeroshot_feeds_the_checkpoints_input_shape(tmp_path, monkeypatch):
+    """A model trained on portrait input (preprocessing.image_height, as the Clothing recipe's
+    224 x 336) sees images of that shape in zero-shot, exactly as in evaluate and predict: every
+    reader takes the transform from the checkpoint's ModelSpec. (An untrained predictor suffices:
+    only the shapes reaching the network are checked.)"""
+    from PIL import Image
+
+    from apcnn.config import TrainConfig, config_to_dict, load_config
+    from apcnn.data.synthetic import synthetic_schema
+    from apcnn.inference import evaluate_checkpoint, predict_images
+    from apcnn.models.spec import ModelSpec
+    from apcnn.predictor import AttributePredictor, build_predictor, save_predictor
+    from apcnn.zeroshot import zeroshot_from_checkpoint
+
+    schema = synthetic_schema()
+    m = schema.num_attributes
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            "data.name=synthetic",
+            "data.options={num_images: 64, image_size: 48}",
+            "data.image_size=32",
+            "data.image_height=48",
+            "data.crop_fraction=1.0",
+            "data.num_workers=0",
+            "model.weights=none",
+            "train.device=cpu",
+        ],
+    )
+    model = {
+        "backbone": "tf_efficientnet_lite0",
+        "weights": "none",
+        "tail": "head",
+        "freeze_trunk": True,
+        "num_attributes": m,
+        "rank": 4,
+    }
+    pre = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    # portrait input, as the Clothing recipe's image_size 224, image_height 336, crop_fraction 1
+    spec = ModelSpec.from_checkpoint_meta(model, {**pre, "image_height": 48, "crop_fraction": 1.0})
+    save_predictor(
+        tmp_path / "ckpt",
+        build_predictor(spec, pretrained=False),
+        spec=spec,
+        schema=schema,
+        config=config_to_dict(cfg),
+    )
+    seen: list[tuple[int, ...]] = []
+    forward = AttributePredictor.forward
+
+    def recording_forward(self, images):
+        seen.append(tuple(images.shape[1:]))
+        return forward(self, images)
+
+    monkeypatch.setattr(AttributePredictor, "forward", recording_forward)
+    result = zeroshot_from_checkpoint(tmp_path / "ckpt", probabilities="sigmoid")
+    assert result["num_images"] > 0 and seen
+    assert set(seen) == {(3, 48, 32)}
+    seen.clear()
+    evaluate_checkpoint(tmp_path / "ckpt")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (60, 90), (200, 40, 40)).save(photo)
+    predict_images(tmp_path / "ckpt", [str(photo)])
+    assert seen and set(seen) == {(3, *spec.input_shape)} == {(3, 48, 32)}

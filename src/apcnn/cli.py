@@ -169,13 +169,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: Sequence[str]) -> list[tuple[str, object]]:
+    """``--option key=value`` items as (key, YAML value); ConfigError for a malformed one."""
     import yaml
+
+    from .config import parse_override
 
     parsed = []
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CommandError(f"--option expects key=value, got {item!r}")
+        key, value = parse_override(item, what="--option", example="decode=true")
         parsed.append((key, yaml.safe_load(value)))
     return parsed
 

@@ -15,7 +15,9 @@ with one line that names the key and the fix::
     'mtl.loss' expects one of 'squared_hinge', 'hinge', 'logistic', got 'hing' in cfg.yaml
 
 The project's training configuration is :class:`TrainConfig` (sections ``data``, ``model``,
-``mtl``, ``train``, ``run``).
+``mtl``, ``train``, ``run``). Its presets are YAML files shipped inside the package
+(``apcnn/configs/NAME.yaml``; ``configs/`` in a source checkout links there): :func:`preset_path`,
+:func:`list_presets`. Keys that were removed (:data:`REMOVED_KEYS`) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "load_config",
+    "parse_override",
+    "preset_path",
+    "list_presets",
+    "preset_settings",
+    "REMOVED_KEYS",
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
@@ -154,7 +161,6 @@ class ModelConfig:
     #: average each image's pooled features with those of its mirror image (left-right flip),
     #: in training, evaluation and prediction alike; needs tail=fc
     flip_average: bool = False
-    bias: bool = True  #: per-attribute bias next to x^T L s_m
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "model.rank", f"must be >= 1, got {self.rank}")
@@ -260,13 +266,10 @@ class TrainLoopConfig:
     adapt_lr: float = 1e-3  #: AdamW peak learning rate of the adapted blocks (head: 10x)
     epochs_joint: int = 3  #: MG-CNN epochs per round
     rounds: int = 2  #: alternations between the MTL solver and SGD
-    checkpoint_every: int = 1  #: epochs between checkpoints
-    calibrate: bool = True  #: fit per-attribute probability calibration on validation scores
     #: M-CNN / MG-CNN end with the model of the round (the state after a solve) with the best
     #: validation accuracy, not necessarily the last: re-solving on features that SGD has just
     #: fitted to the training images can overfit (S-CNN with linear_probe: probe or SGD)
     keep_best: bool = True
-    log_every: int = 10  #: steps between log lines
     #: seconds a collective may wait under torchrun before the job fails (dead or stuck rank)
     dist_timeout: float = 300.0
     #: under torchrun, check after every solver call that L and S are identical on all ranks
@@ -291,8 +294,6 @@ class TrainLoopConfig:
         _check(self.adapt_lr > 0, "train.adapt_lr", f"must be > 0, got {self.adapt_lr}")
         for name in ("epochs_single", "epochs_joint", "rounds"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
-        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
-        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(self.trunk_lr_scale >= 0, "train.trunk_lr_scale", "must be >= 0")
         _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
         _check(len(self.methods) > 0, "train.methods", "must name at least one method")
@@ -302,8 +303,7 @@ class TrainLoopConfig:
 class RunConfig:
     """Where results go."""
 
-    out: str = "runs/default"  #: output directory
-    name: str | None = None  #: run name (defaults to the directory name)
+    out: str = "runs/default"  #: output directory (the run's name is its folder name)
 
 
 @dataclass
@@ -335,6 +335,38 @@ class TrainConfig:
             "needs model.tail=fc (it averages the pooled trunk features of an image and its "
             "mirror image; conv tails pool inside each attribute's branch)",
         )
+
+
+#: Keys that earlier versions accepted but never read, with the reason each is gone. A YAML file
+#: or an override that sets one is refused (:class:`ConfigError` naming the key and the reason);
+#: :func:`config_from_dict` drops them, so configurations stored in older checkpoints still load.
+REMOVED_KEYS: dict[str, str] = {
+    "model.bias": "the multi-task layer always has a per-attribute bias",
+    "train.checkpoint_every": "the run checkpoints after every step (epoch, solve, probe)",
+    "train.calibrate": "probability calibration is always fitted on the validation split",
+    "train.log_every": "log lines are written once per epoch and once per solve",
+    "run.name": "a run is named by its folder; use --out DIR (run.out)",
+}
+
+
+def _removed(cls: type, prefix: str, key: Any) -> str | None:
+    """The reason ``prefix.key`` was removed, if ``cls`` is TrainConfig's section ``prefix``."""
+    dotted = _join(prefix, key)
+    if dotted in REMOVED_KEYS and _hints(TrainConfig).get(prefix) is cls:
+        return REMOVED_KEYS[dotted]
+    return None
+
+
+def _drop_removed(cls: type, d: Any) -> Any:
+    """A copy of the (TrainConfig-shaped) mapping ``d`` without the keys of REMOVED_KEYS."""
+    if cls is not TrainConfig or not isinstance(d, Mapping):
+        return d
+    out = dict(d)
+    for dotted in REMOVED_KEYS:
+        section, name = dotted.split(".")
+        if isinstance(out.get(section), Mapping) and name in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def check_data_root(cfg: TrainConfig) -> None:
@@ -519,6 +551,11 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key(cls: type, prefix: str, key: Any, source: str) -> ConfigError:
+    reason = _removed(cls, prefix, key)
+    if reason is not None:
+        return ConfigError(
+            f"'{_join(prefix, key)}' was removed{_where(source)}: {reason}; delete the key"
+        )
     valid = [f.name for f in dataclasses.fields(cls)]
     where = f"in '{prefix}'" if prefix else "at the top level"
     close = difflib.get_close_matches(str(key), valid, n=1)
@@ -552,10 +589,13 @@ def _from_dict(cls: type[T], d: Mapping[str, Any], prefix: str, source: str) -> 
 def config_from_dict(cls: type[T], d: Mapping[str, Any], *, source: str = "") -> T:
     """Build ``cls`` from a (partial) nested mapping; missing keys take their defaults.
 
+    This reads stored configurations (checkpoints, run folders): the keys of
+    :data:`REMOVED_KEYS` are dropped, so those written before a key was removed still load.
+
     Raises:
         ConfigError: unknown key, wrong type or invalid value (one line, naming the key).
     """
-    return _from_dict(cls, d, "", source)
+    return _from_dict(cls, _drop_removed(cls, d), "", source)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -581,13 +621,24 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
-def _parse_override(item: str) -> tuple[str, str]:
+def parse_override(
+    item: str, *, what: str = "override", example: str = "mtl.mu=0.1"
+) -> tuple[str, str]:
+    """Split ``"key=value"`` at the first ``=`` into (key without surrounding spaces, raw value).
+
+    The one ``key=value`` parser of the project (``--set``, ``--option``, ``apcnn reproduce``);
+    the value stays text: :func:`load_config` parses it against the key's type.
+
+    Raises:
+        ConfigError: no ``=``, or an empty key or dotted part (``a..b``); the message names
+            ``what`` (e.g. ``"--option"``) and shows ``example``.
+    """
     if not isinstance(item, str) or "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key=value, e.g. mtl.mu=0.1")
+        raise ConfigError(f"{what} {item!r} must look like key=value, e.g. {example}")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {item!r} has an empty key; write e.g. data.root=/path")
+        raise ConfigError(f"{what} {item!r} has an empty key; write e.g. {example}")
     return key, raw
 
 
@@ -683,7 +734,7 @@ def _apply(cls: type, tree: dict[str, Any], overrides: Sequence[str]) -> dict[st
         raise ConfigError("overrides must be a list of 'key=value' strings, not one string")
     source = "overrides"
     for item in overrides:
-        key, raw = _parse_override(item)
+        key, raw = parse_override(item)
         parts, tp = _resolve(cls, key, source)
         value = _parse_value(raw, tp, key, source)
         _coerce(value, tp, key, source)  # type error now, naming this override
@@ -716,10 +767,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {msg}") from None
         if loaded is None:
             loaded = {}
-        config_from_dict(cls, loaded, source=str(p))  # report file errors with the file name
+        _from_dict(cls, loaded, "", str(p))  # report file errors with the file name
         tree = copy.deepcopy(dict(loaded))
     _apply(cls, tree, overrides)
-    return config_from_dict(cls, tree, source="overrides" if overrides else "")
+    return _from_dict(cls, tree, "", "overrides" if overrides else "")
 
 
 def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
@@ -727,3 +778,41 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
     cls = type(cfg)
     tree = _apply(cls, config_to_dict(cfg), overrides)
     return config_from_dict(cls, tree, source="overrides")
+
+
+# ------------------------------------------------------------------------------------ presets
+def _presets_dir() -> Path:
+    """The folder of the packaged presets, ``apcnn/configs`` (installed as plain files)."""
+    from importlib.resources import files
+
+    return Path(str(files("apcnn") / "configs"))
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with the package (``apcnn/configs/NAME.yaml``), sorted."""
+    return sorted(p.stem for p in _presets_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The packaged YAML file of preset ``name`` (e.g. ``"clothing"``), for :func:`load_config`.
+
+    In a source checkout ``configs/`` links to the same folder (``configs/NAME.yaml``).
+
+    Raises:
+        ConfigError: no preset of that name (the message lists the presets).
+    """
+    path = _presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {name!r}; the presets are: {', '.join(list_presets())}")
+    return path
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The keys preset ``name`` sets, flat: ``{"section.key": value}`` (values as in the file).
+
+    E.g. ``preset_settings("clothing")["train.adapt_blocks"] == 5``.
+    """
+    tree = _yaml_load(preset_path(name).read_text(encoding="utf-8")) or {}
+    return {
+        f"{section}.{key}": value for section, keys in tree.items() for key, value in keys.items()
+    }

@@ -45,4 +45,4 @@ def autocast_dtype(
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return None
-    raise ValueError(f"amp must be auto, off, bf16, fp16, a bool or a torch.dtype, got {amp!r}")
+    raise TypeError(f"amp must be auto, off, bf16, fp16, a bool or a torch.dtype, got {amp!r}")

@@ -178,17 +178,15 @@ class MultiTaskAttributeClassifier(ClassifierMixin, BaseEstimator):
         """Scores ``x_m(i)ᵀ w_m + b_m``, ``(N, M)`` (``(N,)`` if ``Y`` was 1-D in ``fit``)."""
         check_is_fitted(self, "coef_")
         x = _as_float_array(X, "X")
+        from .selection import scores
+
         D, M = self.coef_.shape
-        if x.ndim == 2 and x.shape[1] == D:
-            s = x @ self.coef_
-        elif x.ndim == 3 and x.shape[1:] == (M, D):
-            s = np.einsum("nmd,dm->nm", x, self.coef_)
-        else:
+        if not (x.ndim == 2 and x.shape[1] == D) and not (x.ndim == 3 and x.shape[1:] == (M, D)):
             raise ValueError(
                 f"X must have shape (N, {D}) or (N, {M}, {D}) like the features seen in fit; "
                 f"got {x.shape}"
             )
-        s = s + self.intercept_
+        s = scores(x, self.coef_, self.intercept_)
         return s[:, 0] if self._one_d else s
 
     def predict(self, X: Any) -> np.ndarray:

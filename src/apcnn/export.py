@@ -3,14 +3,16 @@
 :func:`export_onnx` writes the *whole* predictor as one ONNX graph: the shared trunk, the M
 attribute-specific tails, the multi-task layer W = L S (+ bias) and the Platt calibration::
 
-    images (B, 3, S, S) float32, normalised   ->   scores (B, M)        = [x_m^T L s_m + b_m]_m
+    images (B, 3, H, W) float32, normalised   ->   scores (B, M)        = [x_m^T L s_m + b_m]_m
                                               ->   probabilities (B, M) = sigmoid(a_m * score + c_m)
 
-with a dynamic batch dimension ``B`` (the image side ``S`` is fixed to the checkpoint's
-``preprocessing.image_size``). Next to ``model.onnx`` it writes ``model.onnx.json``: the
-attribute schema, the preprocessing (image size, mean, std), the model description and the
-ONNX file's sha256, everything :func:`predict_onnx` needs to turn image files into the same
-per-attribute decisions as ``apcnn predict --checkpoint``.
+with a dynamic batch dimension ``B`` (the input shape ``(H, W)`` is fixed to the checkpoint's
+:attr:`ModelSpec.input_shape <apcnn.models.spec.ModelSpec.input_shape>`). Next to ``model.onnx``
+it writes ``model.onnx.json``: the attribute schema, the model description and preprocessing (the
+checkpoint's ``model`` and ``preprocessing`` entries) and the ONNX file's sha256, everything
+:func:`predict_onnx` needs to turn image files into the same per-attribute decisions as
+``apcnn predict --checkpoint`` (through the same :meth:`ModelSpec.eval_transform
+<apcnn.models.spec.ModelSpec.eval_transform>`).
 
 ``onnx`` and ``onnxruntime`` are optional dependencies, imported on use (``onnxscript`` too, only
 for ``exporter="dynamo"``).
@@ -45,7 +47,7 @@ OUTPUT_NAMES = ("scores", "probabilities")
 
 
 class _ExportModule(nn.Module):
-    """images (B, 3, S, S) -> (scores (B, M), probabilities (B, M)): the predictor end to end."""
+    """images (B, 3, H, W) -> (scores (B, M), probabilities (B, M)): the predictor end to end."""
 
     def __init__(self, predictor: nn.Module) -> None:
         super().__init__()
@@ -106,14 +108,13 @@ def export_onnx(
     ``scores`` (B, M), ``probabilities`` (B, M).
     """
     from . import __version__
-    from .predictor import load_predictor
+    from .predictor import checkpoint_spec, load_predictor
 
     _require("onnx", "ONNX export")
     predictor, meta = load_predictor(checkpoint)
     predictor = predictor.float().cpu().eval()
-    from .data.transforms import input_shape
-
-    height, width = input_shape(meta["preprocessing"])
+    spec = checkpoint_spec(meta, checkpoint)
+    height, width = spec.input_shape
     out = Path(out_path)
     if out.is_dir():
         raise ValueError(f"out_path {out} is a folder; pass a file name such as model.onnx")
@@ -130,11 +131,11 @@ def export_onnx(
         "apcnn_version": __version__,
         "source_checkpoint": str(checkpoint),
         "method": meta.get("method"),
-        "model": meta.get("model"),
+        "model": spec.model_dict(),
         "schema": meta["schema"],
-        "preprocessing": meta["preprocessing"],
+        "preprocessing": spec.preprocessing_dict(),
         "inputs": {INPUT_NAME: ["batch", 3, height, width]},
-        "outputs": {name: ["batch", int(meta["model"]["num_attributes"])] for name in OUTPUT_NAMES},
+        "outputs": {name: ["batch", spec.num_attributes] for name in OUTPUT_NAMES},
         "opset": int(opset),
         "sha256": _sha256(out),
     }
@@ -225,7 +226,7 @@ def onnx_session(onnx_path: str | Path, *, threads: int | None = None) -> Any:
 
 
 def run_onnx(session_or_path: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run an exported predictor: images (B, 3, S, S) float32 -> (scores (B, M), probs (B, M))."""
+    """Run an exported predictor: images (B, 3, H, W) float32 -> (scores (B, M), probs (B, M))."""
     session = (
         onnx_session(session_or_path)
         if isinstance(session_or_path, (str, Path))
@@ -233,7 +234,7 @@ def run_onnx(session_or_path: Any, images: np.ndarray) -> tuple[np.ndarray, np.n
     )
     x = np.ascontiguousarray(images, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, S, S), got shape {x.shape}")
+        raise ValueError(f"images must be (B, 3, H, W), got shape {x.shape}")
     scores, probs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
     return scores, probs
 
@@ -248,24 +249,24 @@ def predict_onnx(
     """``apcnn predict`` with an exported model: per image, per attribute score, calibrated
     probability and decision (the same structure as :func:`apcnn.inference.predict_images`).
 
-    ``meta`` is the sidecar dict (default: read ``<onnx_path>.json``); its ``preprocessing``
-    (image_size, mean, std) builds the same evaluation transform as the checkpoint path.
+    ``meta`` is the sidecar dict (default: read ``<onnx_path>.json``); its ``model`` and
+    ``preprocessing`` give the :class:`~apcnn.models.spec.ModelSpec` whose evaluation transform
+    the checkpoint path uses too.
     """
     from .data.images import open_rgb
     from .data.schema import AttributeSchema
-    from .data.transforms import eval_transform_from_preprocessing
+    from .models.spec import ModelSpec
     from .predictor import decisions_from_scores
 
     if not Path(onnx_path).is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} not found; create it with 'apcnn export'")
     meta = load_onnx_meta(onnx_path) if meta is None else meta
-    for key in ("schema", "preprocessing"):
+    for key in ("schema", "model", "preprocessing"):
         if key not in meta:
             raise ValueError(f"meta has no {key!r}; pass the sidecar written by export_onnx")
     if not images:
         raise ValueError("images is empty; pass at least one image file")
-    pre = meta["preprocessing"]
-    transform = eval_transform_from_preprocessing(pre)
+    transform = ModelSpec.from_meta(meta).eval_transform()
     session = onnx_session(onnx_path)
     scores, probs = [], []
     paths = [str(p) for p in images]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from .devices import autocast_dtype
+from .runlog import atomic_path, atomic_write_bytes
 
 __all__ = ["CPU_MICRO_BATCH", "FeatureCache", "extract_features", "key_digest"]
 
@@ -171,18 +171,6 @@ def key_digest(key_parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(key_parts).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class FeatureCache:
     """Directory of cached feature tensors keyed by a dict of key parts.
 
@@ -230,7 +218,8 @@ class FeatureCache:
         path = self.path(key_parts)
         key = _canonical(key_parts)
         data = tensor.detach().cpu().contiguous()
-        _atomic_write(path, lambda tmp: save_file({"features": data}, tmp, metadata={"key": key}))
+        with atomic_path(path) as tmp:
+            save_file({"features": data}, str(tmp), metadata={"key": key})
         info = {
             "key_parts": json.loads(key),
             "shape": list(data.shape),
@@ -238,11 +227,8 @@ class FeatureCache:
             "file": path.name,
         }
 
-        def write_json(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                json.dump(info, f, indent=2, sort_keys=True)
-
-        _atomic_write(path.with_suffix(".json"), write_json)
+        text = json.dumps(info, indent=2, sort_keys=True)
+        atomic_write_bytes(path.with_suffix(".json"), text.encode())
         return path
 
     def get_or_compute(

@@ -156,20 +156,32 @@ def test_split_scores(
     in {-1, 0, +1}, mask (N, M) bool)``.
 
     The split is rebuilt with :func:`apcnn.inference.checkpoint_dataset` from the first checkpoint's
-    config (``root`` overrides ``data.root``). The frozen trunk is run once when every
-    checkpoint has the same trunk weights; each method then only runs its tails and head.
+    config (``root`` overrides ``data.root``); each checkpoint sees it through its own evaluation
+    transform (:meth:`~apcnn.models.spec.ModelSpec.eval_transform`). The frozen trunk is run once
+    when every checkpoint has the same trunk weights and preprocessing; each method then only
+    runs its tails and head.
     """
+    import copy
+
     import torch
 
     from .features import extract_features
     from .inference import checkpoint_dataset
-    from .predictor import load_predictor
+    from .predictor import checkpoint_spec, load_predictor
 
     if not checkpoints:
         raise ValueError("no checkpoints to score")
     loaded = {m: load_predictor(p) for m, p in checkpoints.items()}
+    specs = {m: checkpoint_spec(meta, checkpoints[m]) for m, (_, meta) in loaded.items()}
     first_pred, meta = next(iter(loaded.values()))
     cfg, dataset = checkpoint_dataset(meta, split=split, root=root)
+    first_pre = next(iter(specs.values())).preprocessing_dict()
+    datasets = {}
+    for method, spec in specs.items():
+        datasets[method] = dataset
+        if spec.preprocessing_dict() != first_pre:  # same images and labels, its own transform
+            datasets[method] = copy.copy(dataset)
+            datasets[method].transform = spec.eval_transform()
     bs = batch_size or cfg.train.batch_size
     dev = torch.device(device)
 
@@ -181,7 +193,7 @@ def test_split_scores(
         trunk_state(p).keys() == ref.keys()
         and all(torch.equal(v, ref[k]) for k, v in trunk_state(p).items())
         for p, _ in loaded.values()
-    ) and all(getattr(p.cnn, "freeze_trunk", False) for p, _ in loaded.values())
+    ) and all(s.freeze_trunk and datasets[m] is dataset for m, s in specs.items())
     scores: dict[str, np.ndarray] = {}
     trunk = None
     if shared:
@@ -202,7 +214,7 @@ def test_split_scores(
             scores[method] = torch.cat(out).numpy()
         else:
             scores[method] = extract_features(
-                pred, dataset, batch_size=bs, num_workers=cfg.data.num_workers, device=dev
+                pred, datasets[method], batch_size=bs, num_workers=cfg.data.num_workers, device=dev
             ).numpy()
     return scores, np.asarray(dataset.targets), np.asarray(dataset.mask, dtype=bool)
 

@@ -19,16 +19,16 @@ def checkpoint_dataset(
     """(config, dataset) of a split of the data a predictor checkpoint was trained on.
 
     The split is rebuilt from the checkpoint's own config (the same folds and seeds), with the
-    checkpoint's preprocessing; ``root`` points it at another copy of the data.
+    checkpoint's evaluation transform (:meth:`ModelSpec.eval_transform
+    <apcnn.models.spec.ModelSpec.eval_transform>`); ``root`` points it at another copy of the data.
     """
     from .config import TrainConfig, config_from_dict
-    from .data.transforms import eval_transform_from_preprocessing
+    from .predictor import checkpoint_spec
 
+    transform = checkpoint_spec(meta).eval_transform()
     cfg = config_from_dict(TrainConfig, meta["config"])
     if root is not None:
         cfg.data.root = root
-    pre = meta["preprocessing"]
-    transform = eval_transform_from_preprocessing(pre)
     datasets = build_datasets(cfg, transform)
     if split not in datasets:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
@@ -68,12 +68,10 @@ def evaluate_checkpoint(
 def predict_images(checkpoint: str | Path, images: list[str]) -> list[dict[str, Any]]:
     """Per image: per attribute score, calibrated probability and decision."""
     from .data.images import open_rgb
-    from .data.transforms import eval_transform_from_preprocessing
-    from .predictor import decisions_from_scores, load_predictor
+    from .predictor import checkpoint_spec, decisions_from_scores, load_predictor
 
     predictor, meta = load_predictor(checkpoint)
-    pre = meta["preprocessing"]
-    transform = eval_transform_from_preprocessing(pre)
+    transform = checkpoint_spec(meta, checkpoint).eval_transform()
     batch = torch.stack([transform(open_rgb(p)) for p in images])
     with torch.inference_mode():
         scores = predictor(batch)

@@ -219,7 +219,7 @@ def method_block(
     schema: AttributeSchema,
     metric: str = "accuracy",
 ) -> dict[str, Any]:
-    """One method's entry of ``results.json`` (DESIGN section 3) from per-fold metrics.
+    """One method's entry of ``results.json`` (docs/design.md section 3) from per-fold metrics.
 
     Args:
         fold_results: one :func:`attribute_metrics` output per test fold.

@@ -95,6 +95,51 @@ class GroupIndex:
         return out
 
 
+def check_groups(
+    groups: Sequence[Sequence[int]], M: int, *, overlapping: bool = False
+) -> list[list[int]]:
+    """``groups`` as a list of lists of ints, checked: every group non-empty, listed once,
+    without repeated attributes, indices in ``range(M)``, every attribute in a group, and (unless
+    ``overlapping``) no attribute in two groups, i.e. a partition. The one group check of the
+    package: ValueError / TypeError naming the offending group and the fix."""
+    try:
+        gl = [[int(a) for a in g] for g in groups]
+    except (TypeError, ValueError):
+        raise TypeError("groups must be a list of lists of integer attribute indices") from None
+    seen: dict[int, int] = {}
+    firsts: dict[tuple[int, ...], int] = {}
+    for j, g in enumerate(gl):
+        if not g:
+            raise ValueError(f"groups[{j}] is empty; remove it")
+        key = tuple(sorted(g))
+        if key in firsts:
+            raise ValueError(
+                f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once"
+            )
+        firsts[key] = j
+        if len(set(g)) != len(g):
+            dup = next(a for a in g if g.count(a) > 1)
+            raise ValueError(f"groups[{j}] lists attribute {dup} twice; list it once")
+        for a in g:
+            if not 0 <= a < M:
+                raise ValueError(
+                    f"groups[{j}] contains attribute index {a}, out of range for M = {M} attributes"
+                )
+            if a in seen and not overlapping:
+                raise ValueError(
+                    f"attribute {a} is in groups[{seen[a]}] and groups[{j}]; groups must be a "
+                    "partition (pass overlapping=True and method='spgd' for overlapping groups)"
+                )
+            seen.setdefault(a, j)
+    missing = [a for a in range(M) if a not in seen]
+    if missing:
+        raise ValueError(
+            f"attribute {missing[0]} is in no group; add it to a group (a singleton group "
+            f"[{missing[0]}] is fine)"
+        )
+    return gl
+
+
 def as_group_index(
     groups: Sequence[Sequence[int]] | GroupIndex,
     n_attributes: int,

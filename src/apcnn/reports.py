@@ -1,6 +1,6 @@
 """Results tables and the Markdown report with its figures.
 
-:func:`format_table` turns the ``methods`` of a ``results.json`` (DESIGN section 3) into a
+:func:`format_table` turns the ``methods`` of a ``results.json`` (docs/design.md section 3) into a
 fixed-width table of percentages (methods x groups + total), ``mean ± std`` when a method block
 has ``std``, the paper's numbers in parentheses next to ours when ``paper`` is given.
 :func:`write_report` writes ``OUT/report.md`` plus PNG figures next to it (matplotlib's Agg

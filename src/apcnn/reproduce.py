@@ -1,9 +1,9 @@
 """``apcnn reproduce clothing``: the paper's Table III protocol on the Clothing Attribute Dataset.
 
-Protocol (DESIGN.md section 2): the 23 binary attributes in the paper's 4 groups; 5 folds from a
-seed-0 permutation of the 1856 images; a NaN label is excluded from training and from scoring;
-hyperparameters are chosen on a validation part of the training folds, never on the test fold.
-Five methods per fold:
+Protocol (docs/design.md section 2): the 23 binary attributes in the paper's 4 groups; 5 folds
+from a seed-0 permutation of the 1856 images; a NaN label is excluded from training and from
+scoring; hyperparameters are chosen on a validation part of the training folds, never on the test
+fold. Five methods per fold:
 
 - **S-extract**: frozen ImageNet features (the pooled backbone output) + one linear L2-SVM per
   attribute (``apcnn.solvers.fit_independent``), each attribute with its own ridge weight chosen
@@ -11,8 +11,9 @@ Five methods per fold:
   (:func:`apcnn.selection.per_attribute_ridge`).
 - **M-extract**: the same features + the grouped multi-task layer (``fit_alternating``; mu chosen
   on validation).
-- **S-CNN**, **M-CNN**, **MG-CNN**: the training engine (``apcnn.engine``), fold by fold, with
-  the settings of ``configs/clothing.yaml`` (``CLOTHING_SETTINGS``): the trunk's last 5 blocks
+- **S-CNN**, **M-CNN**, **MG-CNN**: the training system (``apcnn.training``), fold by fold, with
+  the packaged preset ``apcnn/configs/clothing.yaml`` (``configs/clothing.yaml`` in a checkout,
+  which explains each choice; ``CLOTHING_SETTINGS`` flat): the trunk's last 5 blocks
   are first fine-tuned on the 23 attributes of the training split (``train.adapt_blocks``,
   :mod:`apcnn.adapt`; one adaptation per fold, shared by the three methods); S-CNN starts from the
   cross-validated per-attribute SVMs on the training split (``train.linear_probe``) and
@@ -21,7 +22,7 @@ Five methods per fold:
 
 Input (all methods): the whole 2:3 photo at 224 x 336, the backbone's final feature map averaged
 over its centre window (``model.pool_region``; ``benchmarks/ablation_clothing_input.py``). The
-extract methods see the ImageNet trunk (``Trainer.pretrained_inputs``), never the adapted one.
+extract methods see the ImageNet trunk (``Inputs.pretrained_inputs``), never the adapted one.
 
 Each fold lives in ``OUT/fold<k>/``; a finished fold is never redone, an interrupted one resumes
 from its checkpoint. The trunk features are cached on disk and shared by folds and methods.
@@ -38,58 +39,24 @@ from typing import Any
 
 import numpy as np
 
+from .config import preset_settings
 from .data.schema import AttributeSchema
 from .selection import (
     RIDGE_LAMBDAS,
+    choose_on_validation,
     feature_scale,
     per_attribute_ridge,
+    pooled_ridge,
     ridge_fit,
     scores,
+    solver_penalties,
     task_weights_from_ridge,
 )
 
-# The Clothing preset (also configs/clothing.yaml): settings that differ from the defaults.
-CLOTHING_SETTINGS: dict[str, Any] = {
-    "data.name": "clothing",
-    "data.folds": 5,
-    "data.split_seed": 0,
-    # portrait input (the photos are 2:3), resized whole, features pooled over the middle of the
-    # picture where the garment is (docs/benchmarks.md). 224 x 336 rather than 320 x 480: with
-    # the adapted trunk the larger input gave no more (fold 0) at twice the adaptation time
-    "data.image_size": 224,
-    "data.image_height": 336,
-    "data.crop_fraction": 1.0,
-    "model.tail": "fc",
-    "model.pool_region": [0.15, 0.85, 0.25, 0.75],
-    # each photo's features averaged with its mirror image's (all methods, train and test)
-    "model.flip_average": True,
-    "model.rank": 64,
-    "mtl.mu": 0.002,
-    "mtl.gamma": 1e-5,
-    # a ridge weight per attribute by 3-fold CV on the training split -> loss weights c_m and
-    # the L weight (their geometric mean): each attribute keeps its own strength
-    "mtl.lam": "auto",
-    "mtl.task_weights": "auto",
-    "mtl.max_outer": 5,
-    "mtl.max_iter": 100,
-    "mtl.inner_tol": 1e-4,
-    "mtl.mu_grid": [0.002, 0.008, 0.03],
-    "train.batch_size": 64,
-    "train.lr": 0.01,
-    # S-CNN starts from the cross-validated SVMs (linear probe), then fine-tunes
-    "train.linear_probe": True,
-    # the CNN methods' trunk: its last 5 blocks fine-tuned on the 23 attributes first
-    # (apcnn.adapt; fold 0 MG-CNN 91.6 -> 93.1 %, colours 89.4 -> 91.6 %)
-    "train.adapt_blocks": 5,
-    "train.adapt_epochs": 8,
-    "train.adapt_lr": 1e-3,
-    # short SGD stages: on the adapted trunk the probe and the first solve rarely lose to them
-    "train.epochs_single": 4,
-    "train.epochs_joint": 1,
-    # one round: later rounds re-solve on features SGD has just fitted and lost on validation
-    "train.rounds": 1,
-    "train.methods": ["S-CNN", "M-CNN", "MG-CNN"],
-}
+# The recipe of the CNN methods: the keys the packaged preset apcnn/configs/clothing.yaml sets,
+# flat ({"train.adapt_blocks": 5, ...}); the file comments on each choice.
+CLOTHING_SETTINGS: dict[str, Any] = preset_settings("clothing")
+# --quick: a shorter schedule, as overrides over the preset
 QUICK_SETTINGS: dict[str, Any] = {
     "train.adapt_epochs": 4,
     "train.epochs_single": 3,
@@ -112,10 +79,10 @@ PROTOCOL_KEYS = ("data.name", "data.root", "data.fold", "data.folds", "data.spli
 
 def check_overrides(overrides: Sequence[str]) -> list[str]:
     """``key=value`` strings over the recipe; ConfigError for a malformed one or a protocol key."""
-    from .config import ConfigError, _parse_override
+    from .config import ConfigError, parse_override
 
     for item in overrides:
-        key, _ = _parse_override(item)
+        key, _ = parse_override(item, what="--set")
         if key in PROTOCOL_KEYS:
             raise ConfigError(
                 f"--set {key} would change the protocol ({', '.join(PROTOCOL_KEYS)} are fixed; "
@@ -132,16 +99,15 @@ def fold_config(
     quick: bool,
     overrides: Sequence[str] = (),
 ) -> Any:
-    """The fold's TrainConfig: the preset (+ the quick schedule), then ``overrides``
+    """The fold's TrainConfig: the ``clothing`` preset (+ the quick schedule), then ``overrides``
     (``key=value``, as ``apcnn train --set``), then the protocol keys."""
-    from .config import TrainConfig, load_config
+    from .config import TrainConfig, load_config, preset_path
 
-    settings = dict(CLOTHING_SETTINGS, **(QUICK_SETTINGS if quick else {}))
     protocol = {"data.root": str(root), "data.fold": fold, "data.folds": folds, "run.out": str(out)}
-    items = [f"{k}={json.dumps(v)}" for k, v in settings.items()]
+    items = [f"{k}={json.dumps(v)}" for k, v in QUICK_SETTINGS.items()] if quick else []
     items += check_overrides(overrides)
     items += [f"{k}={json.dumps(v)}" for k, v in protocol.items()]
-    return load_config(TrainConfig, None, items)
+    return load_config(TrainConfig, preset_path("clothing"), items)
 
 
 def _accuracy(decision_values: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
@@ -173,7 +139,6 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     (xt, yt, mt), (xv, yv, mv), (xs, ys, ms) = arrays("train"), arrays("val"), arrays("test")
     scale = feature_scale(xt)  # the solvers like features of unit scale
     xt, xv, xs = xt / scale, xv / scale, xs / scale
-    n = float(mt.sum(axis=0).mean())
 
     # S-extract: the whole training part (train + val) with inner cross-validation per attribute;
     # the one-vs-rest members of the 3 multi-class attributes (beyond the paper) ride along
@@ -202,21 +167,19 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     # M-extract starts from the same SVMs fitted on the train split alone: the val split, which
     # picks mu, must be unseen
     w_start, _ = ridge_fit(xt, yt, mt, lam_m)
-    lam_mtl = float(np.exp(np.log(lam_m).mean()))  # one ridge weight for the shared L
+    lam_mtl = pooled_ridge(lam_m)  # one ridge weight for the shared L
     # ... and per-attribute loss weights that give attribute m back its own strength λ_m
     weights = task_weights_from_ridge(lam_m)  # = lam_mtl / lam_m
     chosen["M-extract"] = {"task_weights": dict(zip(trainer.schema.names, weights.tolist()))}
 
-    best = (-1.0, None, None)
     m_cfg = trainer.cfg.mtl
-    for mu in QUICK_EXTRACT_MUS if quick else EXTRACT_MUS:
-        res = fit_alternating(
+
+    def fit(mu: float) -> Any:
+        return fit_alternating(
             xt,
             yt,
             trainer.schema.group_indices,
-            mu=mu * n,
-            gamma=m_cfg.gamma * n,
-            lam=lam_mtl * n,
+            **solver_penalties(mt, mu=mu, gamma=m_cfg.gamma, lam=lam_mtl),
             K=trainer.cfg.model.rank,
             mask=mt,
             W0=w_start,
@@ -228,11 +191,13 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
             seed=trainer.cfg.train.seed,
             task_weights=weights,
         )
-        acc = _accuracy(scores(xv, np.asarray(res.L) @ np.asarray(res.S), res.bias), yv, mv)
-        if acc > best[0]:
-            best = (acc, mu, res)
-    chosen["M-extract"].update(mu=best[1], val_accuracy=best[0])
-    res = best[2]
+
+    def validate(mu: float, res: Any) -> float:
+        return _accuracy(scores(xv, np.asarray(res.L) @ np.asarray(res.S), res.bias), yv, mv)
+
+    best = choose_on_validation(QUICK_EXTRACT_MUS if quick else EXTRACT_MUS, fit, validate)
+    chosen["M-extract"].update(mu=best.candidate, val_accuracy=best.score)
+    res = best.result
     w_multi = np.asarray(res.L) @ np.asarray(res.S)
     results["M-extract"] = attribute_metrics(
         scores(xs, w_multi, np.asarray(res.bias)), ys, ms, trainer.schema
@@ -251,8 +216,8 @@ def run_fold(
     """All five methods on one fold; a finished fold is read back from ``fold.json`` (if it
     was run with the same ``overrides``: otherwise ConfigError, never a mix of recipes)."""
     from .config import ConfigError
-    from .engine import Trainer
     from .runlog import RunDir, atomic_write_json, seed_everything
+    from .training import Trainer
 
     done = out / "fold.json"
     if done.exists():
@@ -270,7 +235,7 @@ def run_fold(
         trainer = Trainer(cfg, run, resume=True)
         extract, chosen = extract_methods(trainer, quick)
         cnn = trainer.run_plan()
-        chosen.update(trainer.state.chosen)
+        chosen.update(trainer.chosen)
         record = {
             "fold": fold,
             "results": {**extract, **cnn},

@@ -1,24 +1,36 @@
-"""Per-attribute ridge weights by inner cross-validation, and the task weights made from them.
+"""Model selection: every hyperparameter a run chooses from data, above the fits.
 
-Used by ``apcnn reproduce`` (S-extract, and the task weights of the multi-task methods) and by
-``mtl.task_weights: auto`` in training. Features ``x`` are ``(N, D)`` shared or ``(N, M, D)``
-attribute-specific; labels ``y`` ``(N, M)`` in {-1, +1}; ``mask`` ``(N, M)`` bool. Ridge weights
-are *per labelled sample* (multiplied by the mean number of labels per attribute), so one grid
-suits any dataset size.
+- per-attribute ridge weights by inner cross-validation (:func:`per_attribute_ridge`,
+  :func:`linear_probe`, :func:`ridge_cv`), and what is made of them: the task weights
+  (``mtl.task_weights: auto``, :func:`task_weights_from_ridge`) and the L weight
+  (``mtl.lam: auto``, :func:`pooled_ridge`);
+- the group weight mu from a grid, on a validation split (:func:`choose_on_validation`);
+- the scaling of per-sample penalties to eq. 2 (:func:`penalty_scale`, :func:`solver_penalties`):
+  the only place where it happens.
+
+Used by training (``apcnn.training``) and by ``apcnn reproduce`` (S-extract, M-extract). Features
+``x`` are ``(N, D)`` shared or ``(N, M, D)`` attribute-specific; labels ``y`` ``(N, M)`` in
+{-1, +1}; ``mask`` ``(N, M)`` bool. Penalties and ridge weights are *per labelled sample*, so one
+grid suits any dataset size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 RIDGE_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  #: per-sample ridge weights tried per attribute
 INNER_FOLDS = 3
 
 
 def scores(x: np.ndarray, W: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """(N, M) scores ``x_m(i)ᵀ w_m + b_m`` for shared (N, D) or attribute-specific (N, M, D) x."""
+    """(N, M) scores ``x_m(i)ᵀ w_m + b_m`` for shared (N, D) or attribute-specific (N, M, D) x,
+    W (D, M), bias (M,): the linear layer on fixed features, written once for NumPy (the torch
+    one is :class:`apcnn.models.latent.LatentTaskLayer`)."""
     return (x @ W if x.ndim == 2 else np.einsum("nmd,dm->nm", x, W)) + bias
 
 
@@ -35,10 +47,10 @@ def ridge_path(
     from .solvers import fit_latent
 
     eye = np.eye(y.shape[1], dtype=x.dtype)
-    n = float(mask.sum(axis=0).mean())
     L, b = None, np.zeros(y.shape[1], dtype=x.dtype)
     for lam in sorted({float(v) for v in lambdas}, reverse=True):
-        L, b = fit_latent(x, y, eye, 0.0, lam * n, mask, L0=L, bias=b, tol=1e-4)
+        scaled = solver_penalties(mask, lam=lam)["lam"]
+        L, b = fit_latent(x, y, eye, 0.0, scaled, mask, L0=L, bias=b, tol=1e-4)
         yield lam, L, b
 
 
@@ -89,7 +101,29 @@ def task_weights_from_ridge(lams: np.ndarray) -> np.ndarray:
     """c_m = (geometric mean of λ) / λ_m: under penalties of one shared strength, attribute m's
     loss weighted by c_m behaves as if regularised by its own λ_m (mean weight about 1)."""
     lams = np.asarray(lams, dtype=float)
-    return float(np.exp(np.log(lams).mean())) / lams
+    return pooled_ridge(lams) / lams
+
+
+def check_task_weights(weights: Sequence[float], names: Sequence[str]) -> list[float]:
+    """``mtl.task_weights`` as a list of floats, one per attribute of ``names`` (ConfigError
+    naming the count otherwise)."""
+    m = len(names)
+    if len(weights) != m:
+        from .config import ConfigError
+
+        shown = ", ".join(names[:5]) + (", ..." if m > 5 else "")
+        raise ConfigError(
+            f"'mtl.task_weights' has {len(weights)} values; the dataset has {m} attributes "
+            f"({shown})"
+        )
+    return [float(w) for w in weights]
+
+
+def pooled_ridge(lams: np.ndarray, scale: float = 1.0) -> float:
+    """One ridge weight for the shared L from per-attribute ones (``mtl.lam: auto``): the
+    geometric mean of λ_m times ``scale``², λ_m having been chosen on features divided by
+    ``scale`` (:func:`feature_scale`)."""
+    return float(np.exp(np.log(np.asarray(lams, dtype=float)).mean())) * scale**2
 
 
 def feature_scale(x: np.ndarray) -> float:
@@ -122,6 +156,64 @@ def linear_probe(
     else:
         W, bias = ridge_fit(x / scale, y, mask, lams)
     return W / scale, bias, np.asarray(lams, dtype=float)
+
+
+class RidgeCV(NamedTuple):
+    """Per-attribute SVMs by cross-validated ridge weight (:func:`ridge_cv`)."""
+
+    lams: np.ndarray  #: (M,) chosen per-sample ridge weights (features of unit scale)
+    scale: float  #: the features' scale (:func:`feature_scale`)
+    weights: np.ndarray  #: (D, M) SVM weights for the unscaled features
+    bias: np.ndarray  #: (M,)
+
+
+def ridge_cv(x: np.ndarray, y: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> RidgeCV:
+    """:func:`linear_probe` on features ``x`` with the features' scale kept beside it: what
+    training's ``mtl.lam: auto``, ``mtl.task_weights: auto`` and ``train.linear_probe`` use."""
+    W, bias, lams = linear_probe(x, y, mask, seed=seed)
+    return RidgeCV(lams=lams, scale=feature_scale(x), weights=W, bias=bias)
+
+
+def penalty_scale(mask: Any) -> float:
+    """n = the mean number of labelled samples per attribute, for ``mask`` (N, M) (NumPy or
+    torch). Configured penalties are per sample; eq. 2 sums its loss over samples, so the solvers
+    get ``penalty * n``."""
+    counts = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask).sum(axis=0)
+    return float(counts.mean())
+
+
+def solver_penalties(mask: Any, **per_sample: float) -> dict[str, float]:
+    """Per-sample penalties (e.g. ``mu=, gamma=, lam=``) scaled to eq. 2 for the labels of
+    ``mask``: each times :func:`penalty_scale`. The only place where that scaling happens."""
+    n = penalty_scale(mask)
+    return {name: float(value) * n for name, value in per_sample.items()}
+
+
+class Choice(NamedTuple):
+    """The winner of :func:`choose_on_validation`."""
+
+    score: float  #: its validation score
+    candidate: Any  #: the hyperparameter value
+    result: Any  #: what ``fit`` returned for it
+
+
+def choose_on_validation(
+    candidates: Iterable[T],
+    fit: Callable[[T], Any],
+    validate: Callable[[T, Any], float],
+) -> Choice:
+    """Fit every candidate (e.g. each mu of ``mtl.mu_grid``) and keep the one whose fit
+    ``validate`` scores highest (ties: the first). ``validate(candidate, result)`` must
+    score on data the fit never saw."""
+    best: Choice | None = None
+    for candidate in candidates:
+        result = fit(candidate)
+        score = float(validate(candidate, result))
+        if best is None or score > best.score:
+            best = Choice(score, candidate, result)
+    if best is None:
+        raise ValueError("choose_on_validation needs at least one candidate")
+    return best
 
 
 def auto_task_weights(

@@ -51,6 +51,7 @@ from torch import Tensor
 from apcnn.losses import CURVATURE, bregman, check_loss, elementwise, prepare_labels
 from apcnn.regularizers import (
     GroupIndex,
+    check_groups,
     frobenius_sq,
     group_norm,
     group_norms,
@@ -373,42 +374,7 @@ def _groups(groups: Any, M: int, overlapping: bool, device: torch.device) -> Gro
         if not overlapping and not groups.disjoint:
             raise ValueError("groups overlap; pass overlapping=True (with method='spgd')")
         return groups.to(device)
-    try:
-        gl = [[int(a) for a in g] for g in groups]
-    except (TypeError, ValueError):
-        raise TypeError("groups must be a list of lists of integer attribute indices") from None
-    seen: dict[int, int] = {}
-    firsts: dict[tuple[int, ...], int] = {}
-    for j, g in enumerate(gl):
-        if not g:
-            raise ValueError(f"groups[{j}] is empty; remove it")
-        key = tuple(sorted(g))
-        if key in firsts:
-            raise ValueError(
-                f"groups[{firsts[key]}] and groups[{j}] are the same group; list it once"
-            )
-        firsts[key] = j
-        if len(set(g)) != len(g):
-            dup = next(a for a in g if g.count(a) > 1)
-            raise ValueError(f"groups[{j}] lists attribute {dup} twice; list it once")
-        for a in g:
-            if not 0 <= a < M:
-                raise ValueError(
-                    f"groups[{j}] contains attribute index {a}, out of range for M = {M} attributes"
-                )
-            if a in seen and not overlapping:
-                raise ValueError(
-                    f"attribute {a} is in groups[{seen[a]}] and groups[{j}]; groups must be a "
-                    "partition (pass overlapping=True and method='spgd' for overlapping groups)"
-                )
-            seen.setdefault(a, j)
-    missing = [a for a in range(M) if a not in seen]
-    if missing:
-        raise ValueError(
-            f"attribute {missing[0]} is in no group; add it to a group (a singleton group "
-            f"[{missing[0]}] is fine)"
-        )
-    return GroupIndex.from_groups(gl, M, device)
+    return GroupIndex.from_groups(check_groups(groups, M, overlapping=overlapping), M, device)
 
 
 def _warn_empty(data: _Data, stacklevel: int = 3) -> None:

@@ -319,10 +319,9 @@ def zeroshot_from_checkpoint(
     from .data import create_dataset
     from .data.schema import AttributeSchema
     from .data.splits import available_splits
-    from .data.transforms import build_transform
     from .devices import resolve_device
     from .features import extract_features
-    from .predictor import load_predictor
+    from .predictor import checkpoint_spec, load_predictor
 
     if method not in ("dap", "iap"):
         raise ValueError(f"method must be 'dap' or 'iap', got {method!r}")
@@ -348,8 +347,9 @@ def zeroshot_from_checkpoint(
         raise ValueError(
             f"unknown split {split!r} for dataset {d.name}; valid: {', '.join(splits)}"
         )
-    pre = meta["preprocessing"]
-    transform = build_transform(pre["image_size"], pre["mean"], pre["std"], train=False)
+    # the checkpoint's own evaluation transform (portrait input and crop included), the one
+    # evaluate and predict use
+    transform = checkpoint_spec(meta, checkpoint).eval_transform()
     kwargs: dict[str, Any] = dict(root=d.root, transform=transform, **(d.options or {}))
     if d.skip_bad_images:
         kwargs["skip_bad_images"] = True

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from apcnn.data.transforms import build_transform, eval_transform_from_preprocessing, input_shape
+from apcnn.data.transforms import build_transform
+from apcnn.models.spec import ModelSpec
 
 
 def _photo(w: int = 267, h: int = 400) -> Image.Image:
@@ -32,11 +33,14 @@ def test_crop_fraction_one_resizes_the_whole_photo_without_a_crop():
 
 
 def test_checkpoint_preprocessing_rebuilds_the_same_transform():
+    model = {"backbone": "tf_efficientnet_lite0", "weights": "none", "tail": "fc"}
+    model.update(num_attributes=2, rank=2)
     pre = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
-    assert input_shape(pre) == (64, 64)
-    assert repr(eval_transform_from_preprocessing(pre)) == repr(
+    spec = ModelSpec.from_checkpoint_meta(model, pre)
+    assert spec.input_shape == (64, 64)
+    assert repr(spec.eval_transform()) == repr(
         build_transform(64, [0.5] * 3, [0.5] * 3, train=False)
     )
-    pre.update(image_height=96, crop_fraction=1.0)
-    assert input_shape(pre) == (96, 64)
-    assert tuple(eval_transform_from_preprocessing(pre)(_photo()).shape) == (3, 96, 64)
+    spec = ModelSpec.from_checkpoint_meta(model, dict(pre, image_height=96, crop_fraction=1.0))
+    assert spec.input_shape == (96, 64)
+    assert tuple(spec.eval_transform()(_photo()).shape) == (3, 96, 64)

@@ -50,7 +50,7 @@ from apcnn.data.images import is_image_file
 from apcnn.data.registry import register_dataset
 from apcnn.data.schema import AttributeSchema
 
-#: (group, 1-based predicate indices) for the 85 AwA predicates (DESIGN.md §2).
+#: (group, 1-based predicate indices) for the 85 AwA predicates (docs/design.md §2).
 AWA_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("color", tuple(range(1, 9))),
     ("texture", tuple(range(9, 15))),

@@ -4,7 +4,7 @@ All functions are pure: the same arguments give the same arrays on every machine
 ``default_rng`` PCG64 stream is stable across platforms and versions). Indices are ``int64``
 positions into a dataset of length ``n``; use them with ``AttributeDataset.subset``.
 
-Clothing protocol (DESIGN.md §2): ``kfold_indices(1856, k=5, seed=0)``: permute ``0..n-1`` with
+Clothing protocol (docs/design.md §2): ``kfold_indices(1856, k=5, seed=0)``: permute ``0..n-1`` with
 ``np.random.default_rng(seed).permutation(n)``, cut the permutation into ``k`` consecutive folds
 with ``np.array_split`` (the first ``n % k`` folds get one extra index), fold ``f`` is the test
 set of split ``f`` and the other folds (sorted) its training set.

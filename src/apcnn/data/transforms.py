@@ -125,22 +125,3 @@ def build_transform(
         steps.append(v2.CenterCrop((h, s)))
     steps.append(ToNormalizedTensor(mean, std))
     return v2.Compose(steps)
-
-
-def eval_transform_from_preprocessing(pre: dict[str, Any]) -> v2.Compose:
-    """The evaluation transform a checkpoint recorded: ``pre`` is its ``preprocessing`` dict
-    (``image_size``, ``mean``, ``std``, and, when not the defaults, ``image_height`` and
-    ``crop_fraction``)."""
-    return build_transform(
-        pre["image_size"],
-        pre["mean"],
-        pre["std"],
-        train=False,
-        crop_fraction=pre.get("crop_fraction", 0.875),
-        height=pre.get("image_height"),
-    )
-
-
-def input_shape(pre: dict[str, Any]) -> tuple[int, int]:
-    """(height, width) of the network input a ``preprocessing`` dict describes."""
-    return int(pre.get("image_height") or pre["image_size"]), int(pre["image_size"])

@@ -6,6 +6,8 @@ Submodules (imported lazily, so ``import apcnn.models`` stays cheap):
 - ``tails``: ``StackedTail`` (M attribute-specific tail copies as one batched computation)
 - ``attribute_cnn``: ``AttributeCNN`` (shared trunk + M tails), ``BaseCNN``, ``MTL``
 - ``latent``: ``LatentTaskLayer`` (W = L S)
+- ``spec``: ``ModelSpec`` (a trained model's architecture and preprocessing, as checkpoints
+  record them)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _EXPORTS = {
     "BaseCNN": "attribute_cnn",
     "MTL": "attribute_cnn",
     "LatentTaskLayer": "latent",
+    "ModelSpec": "spec",
 }
 
 __all__ = sorted(_EXPORTS)

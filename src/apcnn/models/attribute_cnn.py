@@ -34,6 +34,7 @@ from torch import nn
 
 from apcnn.models.backbone import DEFAULT_BACKBONE, BackboneInfo, create_backbone
 from apcnn.models.tails import StackedTail
+from apcnn.regularizers import check_groups
 
 __all__ = ["MTL", "AttributeCNN", "BaseCNN", "split_backbone"]
 
@@ -267,18 +268,6 @@ class _ModuleLikeParameter(nn.Parameter):
         return self
 
 
-def _check_groups(groups: Sequence[Sequence[int]] | None, m: int) -> list[list[int]] | None:
-    if groups is None:
-        return None
-    out = [[int(a) for a in g] for g in groups]
-    flat = [a for g in out for a in g]
-    if any(not 0 <= a < m for a in flat) or len(set(flat)) != len(flat):
-        raise ValueError(
-            f"groups must be disjoint lists of attribute indices in [0, {m}), got {groups!r}"
-        )
-    return out
-
-
 class MTL(nn.Module):
     """Attribute-specific CNNs + latent task layer: images (B, 3, H, W) -> scores (B, M).
 
@@ -336,7 +325,8 @@ class MTL(nn.Module):
         self.rank = num_attributes if rank is None else int(rank)
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank!r}")
-        self.groups = _check_groups(groups, num_attributes)
+        # a partition of the attributes (the regulariser's groups), checked once
+        self.groups = None if groups is None else check_groups(groups, num_attributes)
         self.latent = LatentTaskLayer(feat, num_latent=self.rank, num_attributes=num_attributes)
         for name in ("L", "S"):
             p = getattr(self.latent, name)

@@ -1,0 +1,182 @@
+"""The training state: what a resumed run needs, the keep-best component, and their file.
+
+After every plan step the trainer writes ``checkpoints/state`` atomically (safetensors for the
+model and optimizer tensors, JSON for the rest); ``--resume`` reads it back and continues at the
+next step. Batch order and learning rate are pure functions of the seed and the step, so a resumed
+run ends with exactly the result of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import distributed
+
+KEEP_BEST_KEYS = ("last_round", "best_round", "best_val_accuracy")
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the model, the optimizer and the (deterministic)
+    cached inputs."""
+
+    completed: int = 0  # number of plan steps done
+    results: dict[str, Any] = field(default_factory=dict)  # method -> test metrics
+    # method -> objective history of each solve (monotone within a solve; the features change
+    # between solves, so the objective may jump there)
+    histories: dict[str, list[list[float]]] = field(default_factory=dict)
+    chosen: dict[str, Any] = field(default_factory=dict)  # method -> hyperparameters chosen
+
+
+class KeepBest:
+    """Each method's best-validated round, to return to when the method finishes (in the manner
+    of timm's ``CheckpointSaver``: one small stateful object, called once per round).
+
+    :meth:`update` after each round: when its validation accuracy beats the method's best so
+    far, the model is snapshotted (in memory, and in ``folder/<method>.best`` for ``--resume``).
+    :meth:`restore` at the method's end loads the best snapshot if a later round lost to it.
+    """
+
+    def __init__(self, folder: Path, *, log: Any = None) -> None:
+        self.folder = folder
+        self.log = log
+        self.records: dict[str, dict[str, Any]] = {}  # method -> KEEP_BEST_KEYS
+        self._snapshot: dict[str, torch.Tensor] | None = None  # the best round's, this process
+
+    def path(self, method: str) -> Path:
+        return self.folder / f"{method}.best"
+
+    def has_best(self, method: str) -> bool:
+        return "best_round" in self.records.get(method, {})
+
+    def update(self, method: str, rnd: int, val: float, model: nn.Module) -> bool:
+        """Record round ``rnd`` of ``method`` with validation accuracy ``val``; True if it is the
+        best so far (then ``model`` is snapshotted)."""
+        from ..checkpoint import save_checkpoint
+
+        record = self.records.setdefault(method, {})
+        record["last_round"] = rnd
+        if self.log is not None:
+            self.log.info("%s round %d: validation accuracy %.2f%%", method, rnd, 100 * val)
+        if "best_round" in record and val <= record["best_val_accuracy"]:
+            return False
+        record.update(best_round=rnd, best_val_accuracy=val)
+        tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self._snapshot = tensors  # every rank; the file is for --resume
+        if distributed.info().is_main:
+            save_checkpoint(self.path(method), tensors, {"round": rnd, "val_accuracy": val})
+        distributed.barrier()
+        return True
+
+    def restore(self, method: str, model: nn.Module) -> bool:
+        """Load the best round of ``method`` into ``model`` if the last round was not the best;
+        True if it did."""
+        from ..checkpoint import load_checkpoint
+
+        record = self.records.get(method, {})
+        if "best_round" not in record or record["best_round"] == record["last_round"]:
+            return False
+        tensors = self._snapshot
+        if tensors is None:  # resumed after the best round
+            tensors, _ = load_checkpoint(self.path(method))
+        model.load_state_dict(tensors)
+        if self.log is not None:
+            self.log.info(
+                "%s: back to round %d (best validation accuracy %.2f%%)",
+                method,
+                record["best_round"],
+                100 * record["best_val_accuracy"],
+            )
+        return True
+
+    def discard(self, method: str) -> None:
+        """The method is final: drop its snapshot (memory and file)."""
+        self._snapshot = None
+        if distributed.info().is_main:
+            shutil.rmtree(self.path(method), ignore_errors=True)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {m: dict(r) for m, r in self.records.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        self.records = {m: dict(r) for m, r in state.items()}
+        self._snapshot = None
+
+
+def chosen_with_keep_best(chosen: dict[str, Any], keep: KeepBest) -> dict[str, Any]:
+    """The run's chosen hyperparameters with each method's keep-best record merged in (the
+    ``chosen_hyperparameters`` of ``metrics.json``)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in chosen.items()}
+    for method, record in keep.records.items():
+        out.setdefault(method, {}).update(record)
+    return out
+
+
+def save_training_state(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: TrainState,
+    keep: KeepBest,
+    meta: dict[str, Any],
+) -> None:
+    """Write the training state atomically (rank 0; the other ranks hold the same state)."""
+    from ..checkpoint import flatten_state_dict, save_checkpoint
+
+    if not distributed.info().is_main:
+        distributed.barrier()
+        return
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_meta = None
+    if optimizer is not None:
+        opt_tensors, opt_meta = flatten_state_dict(optimizer.state_dict())
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+    full = {
+        "completed": state.completed,
+        "results": state.results,
+        "histories": state.histories,
+        "chosen": state.chosen,
+        "keep_best": keep.state_dict(),
+        "optimizer": opt_meta,
+        **meta,
+    }
+    save_checkpoint(path, tensors, full)
+    distributed.barrier()
+
+
+def load_training_state(path: Path, keep: KeepBest) -> tuple[TrainState, dict, dict] | None:
+    """(state, model tensors, meta) from a saved training state, ``keep`` loaded; None when
+    there is none. Meta keeps ``optimizer`` (its structure) and the optimizer tensors are under
+    ``meta["optimizer_tensors"]``."""
+    from ..checkpoint import load_checkpoint
+
+    try:
+        tensors, meta = load_checkpoint(path)
+    except FileNotFoundError:
+        return None
+    chosen = meta.get("chosen", {})
+    records = meta.get("keep_best")
+    if records is None:  # a state written before KeepBest: its records were inside "chosen"
+        records = {}
+        for method, value in chosen.items():
+            if isinstance(value, dict) and "best_round" in value:
+                records[method] = {k: value.pop(k) for k in KEEP_BEST_KEYS if k in value}
+    keep.load_state_dict(records)
+    state = TrainState(
+        completed=int(meta["completed"]),
+        results=meta["results"],
+        histories=meta["histories"],
+        chosen=chosen,
+    )
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    meta["optimizer_tensors"] = {
+        k[len("optim.") :]: v for k, v in tensors.items() if k.startswith("optim.")
+    }
+    return state, model, meta

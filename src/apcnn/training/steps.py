@@ -1,0 +1,457 @@
+"""The methods as data, and the steps a training plan is made of, as plain functions.
+
+A plan step is ``(method, kind, round, epoch)`` with kind one of:
+
+- ``probe``: S-CNN's heads become the cross-validated per-attribute SVMs (``train.linear_probe``);
+- ``sgd``: one epoch of SGD on the masked squared hinge into the tails (S-CNN: also its own head
+  L with S = I; M-CNN, MG-CNN: through the fixed W = L S, only the bias moves in the head);
+- ``solve``: Algorithm 1 (``apcnn.solvers.fit_alternating``) on the current tail features;
+- ``finish``: back to the best-validated round, Platt calibration on validation, test metrics,
+  the method's predictor checkpoint.
+
+Every function takes the :class:`Context` (what the run is made of) and the state it changes
+explicitly; none keeps state of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed
+from ..data.schema import AttributeSchema
+from ..losses import masked_squared_hinge
+from .inputs import Inputs, SplitData, hash_seed
+from .state import KeepBest, TrainState
+
+
+# ----------------------------------------------------------------------------- the methods
+@dataclass(frozen=True)
+class Method:
+    """One of the paper's CNN methods, described by what it shares."""
+
+    name: str
+    #: False: S-CNN, one head per attribute (S = I, column m of L is w_m), trained by SGD;
+    #: True: a multi-task layer W = L S solved by Algorithm 1, SGD only below it
+    multitask: bool
+    #: with ``multitask``: True = the schema's groups (MG-CNN), False = one group (M-CNN)
+    grouped: bool
+
+    def groups(self, schema: AttributeSchema) -> list[list[int]]:
+        return (schema if self.grouped else schema.with_single_group()).group_indices
+
+    def epochs(self, train_cfg: Any) -> int:
+        return train_cfg.epochs_joint if self.multitask else train_cfg.epochs_single
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("S-CNN", multitask=False, grouped=False),
+        Method("M-CNN", multitask=True, grouped=False),
+        Method("MG-CNN", multitask=True, grouped=True),
+    )
+}
+METHOD_ORDER = tuple(METHODS)
+
+
+# ----------------------------------------------------------------------------- the context
+@dataclass
+class Context:
+    """What the steps work on: the configuration, the predictor, its inputs and the run."""
+
+    cfg: Any
+    predictor: nn.Module
+    inputs: Inputs
+    schema: AttributeSchema
+    device: torch.device
+    dtype: torch.dtype
+    amp: torch.dtype | None
+    run: Any
+    task_weights: torch.Tensor | None = None  # (M,) loss weights c_m, None = all 1
+    tail_init: list[torch.Tensor] | None = None  # θ₀ for train.tail_decay_to_init
+    dist: Any = field(default_factory=distributed.info)
+
+    @property
+    def log(self) -> Any:
+        return self.run.logger
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+
+class FromTrunk(nn.Module):
+    """``predictor.forward_from_trunk`` as a module's forward, for DDP to wrap."""
+
+    def __init__(self, predictor: nn.Module) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, trunk_features: torch.Tensor) -> torch.Tensor:
+        return self.predictor.forward_from_trunk(trunk_features)
+
+
+class FromImages(FromTrunk):
+    """The whole predictor on images, trunk included (trainable trunk), for DDP to wrap. The trunk
+    stays float32; its output goes to the tails in their precision."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        trunk = self.predictor.cnn.forward_trunk(images)
+        dtype = next(self.predictor.cnn.tails.parameters()).dtype
+        return self.predictor.forward_from_trunk(trunk.to(dtype))
+
+
+def cosine_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
+    if schedule == "constant" or total <= 1:
+        return base_lr
+    if schedule == "step":
+        return base_lr * (0.1 ** (3 * step // max(total, 1)))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def tail_features(ctx: Context, data: SplitData, rows: slice) -> np.ndarray:
+    """X (n, M, D) of ``rows`` from the current tails, in eval mode (float32, or float64 with
+    ``train.precision=float64``: the solvers then work in that precision)."""
+    ctx.predictor.eval()
+    out = []
+    for chunk in ctx.inputs.trunk_batches(data, rows):
+        with ctx.autocast():
+            feats = ctx.predictor.cnn.forward_tails(chunk)
+        out.append(feats.to(ctx.dtype).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.inference_mode()
+def split_scores(ctx: Context, split: str) -> np.ndarray:
+    """(N, M) scores of a split, in dataset order: each rank scores its shard, once."""
+    ctx.predictor.eval()
+    data = ctx.inputs.splits[split]
+    out = [torch.zeros(0, ctx.schema.num_attributes)]
+    for chunk in ctx.inputs.trunk_batches(data, ctx.inputs.my_rows(data)):
+        with ctx.autocast():
+            out.append(ctx.predictor.forward_from_trunk(chunk).float().cpu())
+    return distributed.gather_rows(torch.cat(out), len(data)).numpy()
+
+
+def evaluate(ctx: Context, split: str) -> dict[str, Any]:
+    """:func:`apcnn.metrics.attribute_metrics` of the current predictor on a split."""
+    from ..metrics import attribute_metrics
+
+    data = ctx.inputs.splits[split]
+    targets, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
+    return attribute_metrics(split_scores(ctx, split), targets, mask, ctx.schema)
+
+
+def val_accuracy(ctx: Context) -> float:
+    return evaluate(ctx, "val")["accuracy"]["total"]
+
+
+# ----------------------------------------------------------------------------- SGD
+@dataclass
+class SGD:
+    """The optimizer of the current SGD stage and the module it steps (DDP under torchrun)."""
+
+    optimizer: torch.optim.Optimizer
+    module: nn.Module
+
+
+def tail_params(predictor: nn.Module) -> list[nn.Parameter]:
+    """The trainable CNN parameters: the tails, and the trunk when it is trainable."""
+    return [p for p in predictor.cnn.parameters() if p.requires_grad]
+
+
+def new_sgd(ctx: Context, method: Method) -> SGD:
+    """SGD with momentum over the method's trainable parameters, in groups: the tails (weight
+    decay, or none with ``tail_decay_to_init``), the head (L with S-CNN, the bias; its own decay
+    with ``head_weight_decay``) and a trainable trunk (``lr * trunk_lr_scale``)."""
+    t, head = ctx.cfg.train, ctx.predictor.head
+    head.L.requires_grad_(not method.multitask)
+    head.S.requires_grad_(False)
+    # the set of trainable parameters changes between methods and heads are replaced by
+    # solves, so the DDP wrapper is rebuilt with every optimizer
+    module: nn.Module = (FromTrunk if ctx.cfg.model.freeze_trunk else FromImages)(ctx.predictor)
+    if ctx.dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        module = DistributedDataParallel(module, device_ids=ids)
+    head_wd = t.weight_decay if t.head_weight_decay is None else t.head_weight_decay
+    cnn_params = tail_params(ctx.predictor)
+    trunk_module = getattr(ctx.predictor.cnn, "trunk", None)
+    in_trunk = set() if trunk_module is None else {id(p) for p in trunk_module.parameters()}
+    # with tail_decay_to_init the decay is added to the gradients in sgd_epoch
+    cnn_wd = 0.0 if t.tail_decay_to_init else t.weight_decay
+    head_params = [head.bias] if method.multitask else [head.L, head.bias]
+    groups = [
+        {"params": [p for p in cnn_params if id(p) not in in_trunk], "weight_decay": cnn_wd},
+        {"params": head_params, "weight_decay": head_wd},
+    ]
+    trunk = [p for p in cnn_params if id(p) in in_trunk]
+    if trunk:  # trainable trunk: a slower learning rate (lr_scale, applied in sgd_epoch)
+        groups.append({"params": trunk, "weight_decay": cnn_wd, "lr_scale": t.trunk_lr_scale})
+    return SGD(torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum), module)
+
+
+def _decay_tails_to_init(ctx: Context) -> None:
+    """L2-SP: grad += weight_decay (θ − θ₀) for the tails (θ₀: their initial values)."""
+    assert ctx.tail_init is not None  # taken by the trainer when the option is on
+    wd = ctx.cfg.train.weight_decay
+    for p, p0 in zip(tail_params(ctx.predictor), ctx.tail_init, strict=True):
+        if p.grad is not None:
+            p.grad.add_(p.detach() - p0, alpha=wd)
+
+
+def sgd_epoch(ctx: Context, sgd: SGD, method: Method, rnd: int, epoch: int, step: int) -> None:
+    """One epoch of SGD on the training split: the same global batches whatever the number of
+    ranks (each rank takes its slice), a learning rate that is a function of the step only.
+    ``step``: the plan step, for the metrics log."""
+    t = ctx.cfg.train
+    data = ctx.inputs.splits["train"]
+    steps_per_epoch = math.ceil(len(data) / t.batch_size)
+    total = method.epochs(t) * steps_per_epoch
+    world = ctx.dist.world_size
+    sampler = distributed.GlobalBatchSampler(
+        len(data),
+        t.batch_size,
+        seed=hash_seed(t.seed, method.name, rnd, 0),
+        rank=ctx.dist.rank,
+        world_size=world,
+    )
+    sampler.set_epoch(epoch)
+    global_batches = list(sampler.global_batches())
+    images = None
+    if data.inputs is None:  # trainable trunk: (augmented) images, loaded in the background
+        images = ctx.inputs.augmented_batches(
+            data,
+            [sampler.local(b) for b in global_batches],
+            seed=hash_seed(t.seed, method.name, rnd, epoch) + ctx.dist.rank,
+        )
+    ctx.predictor.train()
+    running, start = 0.0, time.time()
+    for i, batch in enumerate(global_batches):
+        lr = cosine_lr(t.lr, epoch * steps_per_epoch + i, total, t.schedule)
+        for group in sgd.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        idx = sampler.local(batch).to(ctx.device)
+        inputs = data.inputs[idx] if images is None else next(images).to(ctx.device)
+        with ctx.autocast():
+            scores = sgd.module(inputs)
+        # DDP averages gradients over ranks: scale so that they sum to the global batch's
+        n_labelled = data.mask[batch.to(ctx.device)].sum()
+        loss = (
+            masked_squared_hinge(
+                scores.to(ctx.dtype),
+                data.targets[idx],
+                data.mask[idx],
+                n_labelled,
+                ctx.task_weights,
+            )
+            * world
+        )
+        sgd.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.tail_decay_to_init:
+            _decay_tails_to_init(ctx)
+        sgd.optimizer.step()
+        running += float(loss.detach())
+    if images is not None:
+        images.close()  # leaves its fork_rng block now: the global random state comes back
+    n_steps = len(global_batches)
+    running = float(distributed.all_reduce_sum(torch.tensor([running]))) / world
+    val = val_accuracy(ctx)
+    ctx.run.log_metrics(
+        step,
+        method=method.name,
+        phase="sgd",
+        round=rnd,
+        epoch=epoch,
+        loss=running / n_steps,
+        val_accuracy=val,
+        lr=lr,
+        seconds=time.time() - start,
+    )
+    ctx.log.info(
+        "%s round %d epoch %d: loss %.4f, val accuracy %.2f%%",
+        method.name,
+        rnd,
+        epoch,
+        running / n_steps,
+        100 * val,
+    )
+
+
+# ----------------------------------------------------------------------------- probe and solve
+def probe(ctx: Context, weights: np.ndarray, bias: np.ndarray, keep: KeepBest | None) -> None:
+    """``train.linear_probe``: S-CNN's heads become the given per-attribute SVMs (W (D, M),
+    bias (M,), fitted on the initial tail features of the training split); SGD fine-tunes from
+    there. Round 0 of S-CNN for ``keep``."""
+    head = ctx.predictor.head
+    with torch.no_grad():
+        head.L.copy_(torch.as_tensor(weights, dtype=head.L.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    val = val_accuracy(ctx)
+    ctx.log.info("S-CNN linear probe: validation accuracy %.2f%%", 100 * val)
+    if keep is not None:
+        keep.update("S-CNN", 0, val, ctx.predictor)
+
+
+def fit_mtl(
+    ctx: Context, method: Method, mu: float, lam: float, x: np.ndarray, **start: Any
+) -> Any:
+    """``fit_alternating`` on tail features x (n, M, D) of this rank's training rows, with the
+    per-sample penalties ``mu``, ``mtl.gamma`` and ``lam`` scaled to eq. 2 by
+    :func:`apcnn.selection.solver_penalties`; ``start``: ``W0=`` or ``L0=, S0=`` (tensors).
+    Under torchrun the solvers all-reduce their sums over samples."""
+    from ..selection import solver_penalties
+    from ..solvers import fit_alternating
+
+    m_cfg, data = ctx.cfg.mtl, ctx.inputs.splits["train"]
+    rows = ctx.inputs.my_rows(data)
+    y, mask = data.targets[rows].cpu().numpy(), data.mask[rows].cpu().numpy()
+    # n counts the labels of all ranks
+    penalties = solver_penalties(data.mask, mu=mu, gamma=m_cfg.gamma, lam=lam)
+    start = {k: None if v is None else v.detach().cpu().numpy() for k, v in start.items()}
+    return fit_alternating(
+        x,
+        y,
+        method.groups(ctx.schema),
+        **penalties,
+        K=ctx.cfg.model.rank,
+        mask=mask,
+        **start,
+        max_outer=m_cfg.max_outer,
+        tol=m_cfg.tol,
+        method=m_cfg.method,
+        loss=m_cfg.loss,
+        bias=True,
+        seed=ctx.cfg.train.seed,
+        max_iter=m_cfg.max_iter,
+        inner_tol=m_cfg.inner_tol,
+        sample_reduce=distributed.all_reduce_sum if ctx.dist.distributed else None,
+        task_weights=None if ctx.task_weights is None else ctx.task_weights.cpu().numpy(),
+    )
+
+
+def single_heads(predictor: nn.Module) -> None:
+    """S-CNN head: S = I (K = M), so column m of L is attribute m's own w_m."""
+    head = predictor.head
+    with torch.no_grad():
+        head.L.zero_()
+        head.S.copy_(torch.eye(head.S.shape[0], head.S.shape[1]))
+        head.bias.zero_()
+    head.S.requires_grad_(False)
+
+
+def new_head(ctx: Context, rank: int) -> nn.Module:
+    """A fresh multi-task layer with K = ``rank`` on the predictor's device and precision."""
+    from ..models.latent import LatentTaskLayer
+
+    dim, m = ctx.predictor.cnn.feature_dim, ctx.schema.num_attributes
+    head = LatentTaskLayer(dim, num_latent=rank, num_attributes=m)
+    return head.to(ctx.device, ctx.dtype)
+
+
+def solve(
+    ctx: Context,
+    method: Method,
+    rnd: int,
+    lam: float,
+    state: TrainState,
+    keep: KeepBest | None,
+    step: int,
+) -> None:
+    """Algorithm 1 on the current tail features: L, S (and bias) of eq. 2, per-sample ``lam``.
+
+    Round 0 starts from S-CNN's heads (W = [w_1 .. w_M], L from its SVD; the caller has put
+    S-CNN's state into the predictor) and chooses mu from ``mtl.mu_grid`` on validation
+    (:func:`apcnn.selection.choose_on_validation`); later rounds warm-start from the current L
+    and S with the chosen mu.
+    """
+    from ..selection import choose_on_validation
+
+    m_cfg = ctx.cfg.mtl
+    head = ctx.predictor.head
+    x = tail_features(
+        ctx, ctx.inputs.splits["train"], ctx.inputs.my_rows(ctx.inputs.splits["train"])
+    )
+    val: float | None = None
+    if rnd > 0:
+        mu = state.chosen.get(method.name, {}).get("mu", m_cfg.mu)
+        result = fit_mtl(ctx, method, mu, lam, x, L0=head.L, S0=head.S)
+    else:
+        w0 = (head.L @ head.S).detach()
+        ctx.predictor.head = new_head(ctx, ctx.cfg.model.rank)
+
+        def validate(mu: float, candidate: Any) -> float:
+            ctx.predictor.head.load_solution(candidate.L, candidate.S, candidate.bias)
+            acc = val_accuracy(ctx)
+            ctx.log.info("%s: mu=%g gives validation accuracy %.2f%%", method.name, mu, 100 * acc)
+            return acc
+
+        best = choose_on_validation(
+            m_cfg.mu_grid or [m_cfg.mu],
+            lambda mu: fit_mtl(ctx, method, mu, lam, x, W0=w0),
+            validate,
+        )
+        val, result = best.score, best.result
+        state.chosen[method.name] = {"mu": best.candidate, "val_accuracy": val}
+    ctx.predictor.head.load_solution(result.L, result.S, result.bias)
+    if keep is not None:
+        keep.update(method.name, rnd, val if val is not None else val_accuracy(ctx), ctx.predictor)
+    if ctx.cfg.train.dist_debug:
+        for name in ("L", "S", "bias"):
+            distributed.assert_same_on_all_ranks(
+                getattr(ctx.predictor.head, name), f"{method.name} round {rnd}: {name}"
+            )
+    state.histories.setdefault(method.name, []).append([float(v) for v in result.history])
+    ctx.run.log_metrics(
+        step,
+        method=method.name,
+        phase="solve",
+        round=rnd,
+        objective=float(result.history[-1]),
+        outer_iterations=int(result.n_iter),
+        converged=bool(result.converged),
+    )
+    ctx.log.info(
+        "%s round %d: solver objective %.5g after %d outer iterations",
+        method.name,
+        rnd,
+        result.history[-1],
+        result.n_iter,
+    )
+
+
+# ----------------------------------------------------------------------------- finish
+def finish(
+    ctx: Context, method: Method, state: TrainState, keep: KeepBest | None, save: Any
+) -> None:
+    """The method is done: back to its best-validated round (``keep``), Platt calibration on
+    the validation split, test metrics into ``state.results``, and ``save(method, metrics,
+    prior)`` writes its predictor checkpoint."""
+    from ..calibration import calibration_prior, fit_platt
+
+    if keep is not None:
+        if not method.multitask and keep.has_best(method.name):
+            keep.update(method.name, 1, val_accuracy(ctx), ctx.predictor)  # after the probe
+        keep.restore(method.name, ctx.predictor)
+    val = ctx.inputs.splits["val"]
+    val_targets, val_mask = val.targets.cpu().numpy(), val.mask.cpu().numpy()
+    params = fit_platt(split_scores(ctx, "val"), val_targets, val_mask)
+    # the label frequency the calibration was fitted under (zero-shot divides by it)
+    prior = [None if np.isnan(r) else float(r) for r in calibration_prior(val_targets, val_mask)]
+    ctx.predictor.calibration.copy_(torch.as_tensor(params, dtype=torch.float32))
+    metrics = evaluate(ctx, "test")
+    state.results[method.name] = metrics
+    save(method.name, metrics, prior)
+    if keep is not None:
+        keep.discard(method.name)  # the method's final predictor replaces its best snapshot
+    ctx.log.info("%s test accuracy %.2f%%", method.name, 100 * metrics["accuracy"]["total"])
