@@ -23,12 +23,10 @@ def _feature_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("APCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def test_train_writes_run_folder_and_loadable_checkpoints(tmp_path):
+def test_train_writes_run_folder_and_loadable_checkpoints(tiny_run, tmp_path):
     from apcnn.inference import evaluate_checkpoint, predict_images
-    from apcnn.training import train
 
-    out = tmp_path / "run"
-    result = train(tiny_config(out))
+    out, result = tiny_run
     assert set(result["results"]) == {"S-CNN", "M-CNN", "MG-CNN"}
     for name in [
         "config.yaml",

@@ -16,34 +16,11 @@ CHROMIUM = next(
     (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
 )
 
-from _tiny import TINY as _BASE  # noqa: E402
-
-TINY = [
-    *_BASE,
-    "mtl.max_iter=100",
-    "train.rounds=0",
-    "train.methods=[S-CNN, MG-CNN]",
-    "train.device=cpu",
-]
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from apcnn.config import TrainConfig, load_config
-    from apcnn.training import train
-
-    base = tmp_path_factory.mktemp("html")
-    old = os.environ.get("APCNN_CACHE")
-    os.environ["APCNN_CACHE"] = str(base / "cache")
-    try:
-        out = base / "run"
-        train(load_config(TrainConfig, None, [*TINY, f"run.out={out}"]))
-    finally:
-        if old is None:
-            os.environ.pop("APCNN_CACHE", None)
-        else:
-            os.environ["APCNN_CACHE"] = old
-    return out
+def run_dir(tiny_run):
+    """The session's tiny trained run (tests/conftest.py); the report is written into it."""
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +89,7 @@ def test_rescored_test_split_reproduces_metrics_json(run_dir):
     data = load_run(run_dir)
     scores, targets, mask = test_split_scores(data["checkpoints"])
     saved = json.loads((run_dir / "metrics.json").read_text())["methods"]
-    assert set(scores) == set(saved) == {"S-CNN", "MG-CNN"}
+    assert set(scores) == set(saved) == {"S-CNN", "M-CNN", "MG-CNN"}
     for method, s in scores.items():
         total = attribute_metrics(s, targets, mask, data["schema"])["accuracy"]["total"]
         assert total == pytest.approx(saved[method]["total"], abs=1e-6)
