@@ -58,3 +58,106 @@ def test_dividing_by_the_calibration_prior_gives_the_likelihood_ratio():
     np.testing.assert_allclose(llr, 2 * grid[:, 0], rtol=0.1, atol=0.1)
     off = _logit(apply_platt(grid, params))[:, 0] - _logit(0.5)
     assert np.abs(off - 2 * grid[:, 0]).min() > 1.0
+
+
+# ------------------------------------------------------------------- the one decision rule
+def test_decision_is_calibrated_probability_at_threshold():
+    """A positive score with a calibrated p below the threshold is a "no" (the old rule,
+    score > 0, said "yes" next to p = 0.475); p exactly at the threshold is a "yes"."""
+    from apcnn.data.schema import AttributeSchema
+    from apcnn.predictor import decisions_from_scores, describe_thresholds, resolve_thresholds
+
+    schema = AttributeSchema(names=("a", "b", "c"), groups=(("g", (0, 1, 2)),))
+    scores = np.array([[0.4, -0.2, 1.0]])
+    probs = np.array([[0.475, 0.525, 0.7]], dtype=np.float32)
+    (item,) = decisions_from_scores(scores, probs, schema)
+    assert [v["decision"] for v in item["attributes"].values()] == [False, True, True]
+    assert {v["threshold"] for v in item["attributes"].values()} == {0.5}
+    t = np.array([0.4, 0.6, 0.7], dtype=np.float32)
+    (item,) = decisions_from_scores(scores, probs, schema, t)
+    assert [v["decision"] for v in item["attributes"].values()] == [True, False, True]
+    assert resolve_thresholds(t, 3, 0.3)[1] == "--threshold"
+    assert resolve_thresholds(None, 3)[0].tolist() == [0.5] * 3
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        resolve_thresholds(None, 3, 1.5)
+    assert describe_thresholds(np.full(3, 0.5), "default") == "decision: p >= 0.5 (default)"
+
+
+def test_checkpoint_without_threshold_loads_with_half():
+    from apcnn.data.synthetic import synthetic_schema
+    from apcnn.models.backbone import DEFAULT_BACKBONE
+    from apcnn.predictor import build_predictor
+
+    spec = {
+        "backbone": DEFAULT_BACKBONE,
+        "weights": "none",
+        "tail": "head",
+        "freeze_trunk": True,
+        "num_attributes": synthetic_schema().num_attributes,
+        "rank": 3,
+    }
+    predictor = build_predictor(spec, pretrained=False)
+    old = {k: v for k, v in predictor.state_dict().items() if k != "threshold"}
+    fresh = build_predictor(spec, pretrained=False)
+    fresh.threshold.fill_(0.75)
+    fresh.load_state_dict(old)  # strict: an older checkpoint / training state still loads
+    assert fresh.threshold.tolist() == [0.75] * spec["num_attributes"]  # kept, not clobbered
+    assert build_predictor(spec, pretrained=False).threshold.tolist() == [0.5] * 13
+
+
+def test_predictions_agree_with_probabilities_and_with_onnx(tmp_path, capsys):
+    """predict (checkpoint), predict --onnx and the ONNX graph's own decisions output give the
+    same yes/no, and each is p >= the threshold saved in the checkpoint (or --threshold)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import torch
+
+    from apcnn.checkpoint import load_checkpoint, save_checkpoint
+    from apcnn.cli import main
+    from apcnn.data import create_dataset
+    from apcnn.data.synthetic import synthetic_schema
+    from apcnn.export import export_onnx, onnx_session, predict_onnx, run_onnx_decisions
+    from apcnn.inference import predict_images
+    from test_export import eval_transform, make_checkpoint
+
+    schema = synthetic_schema()
+    ckpt = make_checkpoint(tmp_path / "ckpt", schema, image_size=64, seed=3)
+    tensors, meta = load_checkpoint(ckpt)
+    thresholds = torch.linspace(0.3, 0.7, schema.num_attributes)
+    save_checkpoint(ckpt, dict(tensors, threshold=thresholds), meta)
+    ds = create_dataset("synthetic", split="test", num_images=64)
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        ds.load_image(i).save(paths[-1])
+
+    via_torch = predict_images(ckpt, paths)
+    for item in via_torch:
+        for j, v in enumerate(item["attributes"].values()):
+            assert v["threshold"] == pytest.approx(float(thresholds[j]))
+            assert v["decision"] == (np.float32(v["probability"]) >= np.float32(v["threshold"]))
+
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx")
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    np.testing.assert_allclose(sidecar["thresholds"], thresholds.numpy(), rtol=1e-6)
+    batch = torch.stack([eval_transform(meta)(ds.load_image(i).convert("RGB")) for i in range(4)])
+    graph = run_onnx_decisions(onnx_session(onnx_path), batch.numpy())
+    via_onnx = predict_onnx(onnx_path, paths)
+    for k, (a, b) in enumerate(zip(via_onnx, via_torch, strict=True)):
+        da = [v["decision"] for v in a["attributes"].values()]
+        assert da == [v["decision"] for v in b["attributes"].values()]
+        assert da == graph[k].tolist()
+
+    capsys.readouterr()
+    assert main(["predict", "--onnx", str(onnx_path), "--threshold", "0.25", *paths[:1]]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "decision: p >= 0.25 (--threshold)"
+    for line in out.splitlines()[2:]:
+        p = float(line.split("p=")[1].split()[0])
+        assert line.split()[1] == ("yes" if p >= 0.25 else "no")
+    assert main(["predict", "--checkpoint", str(ckpt), *paths[:1]]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "decision: p >= each attribute's threshold (saved in the model)"
+    assert main(["predict", "--checkpoint", str(ckpt), "--threshold", "2", *paths[:1]]) == 2

@@ -121,7 +121,11 @@ def test_synthetic_parity_and_dynamic_batch(synthetic_export):
     meta = load_onnx_meta(onnx_path)
     pre = meta["preprocessing"]
     assert pre["image_size"] == 64 and meta["schema"]["names"][0] == "red"
-    assert meta["outputs"] == {"scores": ["batch", 13], "probabilities": ["batch", 13]}
+    assert meta["outputs"] == {
+        "scores": ["batch", 13],
+        "probabilities": ["batch", 13],
+        "decisions": ["batch", 13],
+    }
     # the sidecar describes the model exactly as the checkpoint does
     source = read_checkpoint_meta(ckpt)
     assert meta["model"] == source["model"] and pre == source["preprocessing"]

@@ -39,22 +39,44 @@ def test_report_is_self_contained_and_complete(report, run_dir):
     assert "<script" not in text.lower() and "<link" not in text.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text, re.I)
     srcs = re.findall(r'<img src="([^"]+)"', text)
-    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
-    # sections: results table, |S|, sharing, PR curves, training curves, config
+    assert srcs and all(
+        s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in srcs
+    )
+    # sections: results table, examples, decisions, labels, |S|, sharing, PR, training, config
     for needle in [
         "<h2>Results</h2>",
         "<table>",
         "MG-CNN",
         "S-CNN",
+        "<th>mA</th>",
+        "mA: mean balanced accuracy",
+        "<h2>Examples</h2>",
+        "<h2>Decisions per attribute: thresholds and confusion counts</h2>",
+        "<th>threshold</th><th>TP</th><th>FP</th><th>FN</th><th>TN</th>",
+        "<h2>Labels per split</h2>",
+        "train (+ / − / ?)",
         "|S| of MG-CNN",
+        "latent tasks in use",
         "attribute sharing of MG-CNN",
         "precision-recall curves of MG-CNN",
         "training curves",
+        "solver objective history",
         "Configuration",
         "per-attribute scores",
     ]:
         assert needle in text, needle
     assert "Skipped" not in text
+    # a "how to read it" sentence under every figure
+    figures = text.count("<figure>")
+    assert figures >= 6 and text.count('<p class="how">How to read it') >= figures
+    # thumbnails: every group shows examples (a picture per card), with predicted and true values
+    from apcnn.html_report import load_run
+
+    groups = [g for g, _ in load_run(run_dir)["schema"].groups]
+    examples = text.split("<h2>Examples</h2>")[1].split("<h2>")[0]
+    assert all(f"<h3>{g}</h3>" in examples for g in groups)
+    thumbs = re.findall(r'<img src="data:image/jpeg;base64,', examples)
+    assert len(thumbs) >= 2 * len(groups) and "true " in examples and "p=" in examples
     import base64
     import io
 
@@ -154,3 +176,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     keep = os.environ.get("APCNN_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_pick_examples_most_confident_right_and_wrong():
+    from apcnn.html_report import label_counts, pick_examples
+
+    # 5 images, attributes 0 and 1 in the group; thresholds 0.5 and 0.7
+    probs = np.array(
+        [[0.99, 0.95], [0.6, 0.8], [0.1, 0.9], [0.45, 0.2], [0.3, 0.65]], dtype=np.float32
+    )
+    targets = np.array([[1, 1], [1, 1], [1, 1], [-1, -1], [-1, 1]], dtype=np.float32)
+    mask = np.ones_like(targets, dtype=bool)
+    mask[3, 1] = False  # image 3: only attribute 0 labelled (and right)
+    right, wrong = pick_examples(probs, np.array([0.5, 0.7]), targets, mask, (0, 1), per_kind=2)
+    assert right == [0, 1]  # mean |p - t|: 0.37, 0.1 (image 3: 0.05)
+    assert wrong == [2, 4]  # image 2 misses attribute 0 by 0.4; image 4 attribute 1 by 0.05
+    counts = label_counts({"test": type("D", (), {"targets": targets, "mask": mask})()})
+    assert counts["test"].tolist() == [[3, 2, 0], [4, 0, 1]]

@@ -172,3 +172,22 @@ def test_check_scored_once():
         check_scored_once([[0, 1], [1, 2]], 3)
     with pytest.raises(ValueError, match="outside"):
         check_scored_once([[0, 5]], 3)
+
+
+def test_metrics_with_explicit_decisions():
+    """decisions= (e.g. p >= threshold) replace score > 0 for accuracy, balanced accuracy and
+    F1; average precision still ranks the scores."""
+    from apcnn.data.schema import AttributeSchema
+    from apcnn.metrics import attribute_metrics
+
+    schema = AttributeSchema(names=("a",), groups=(("g", (0,)),))
+    y = np.array([[1.0], [1.0], [-1.0], [-1.0]])
+    s = np.array([[0.3], [-0.1], [-0.2], [-0.9]])
+    plain = attribute_metrics(s, y, None, schema)
+    assert plain["accuracy"]["total"] == pytest.approx(0.75)
+    d = s > -0.15  # a lower cut-off: image 1 becomes a (right) yes
+    cut = attribute_metrics(s, y, None, schema, decisions=d)
+    assert cut["accuracy"]["total"] == 1.0 and cut["balanced_accuracy"]["total"] == 1.0
+    assert cut["average_precision"]["total"] == plain["average_precision"]["total"]
+    with pytest.raises(ValueError, match="decisions"):
+        attribute_metrics(s, y, None, schema, decisions=np.ones((3, 1), bool))

@@ -182,3 +182,79 @@ def test_paper_comparison_names_the_figures_below_the_paper():
     )
     assert lines[1] == "- S-CNN: at or above the paper on every figure (total +8.57)."
     assert len(lines) == 2
+
+
+def majority_fold(schema: AttributeSchema, n: int = 60, seed: int = 0) -> dict:
+    """One evaluation where ``colors_0`` is skewed (90 % negative) and the model always answers
+    the majority class: 90 % accuracy, balanced accuracy exactly 50 %; the others are learnt."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice([-1.0, 1.0], size=(n, schema.num_attributes))
+    y[:, 0] = np.where(np.arange(n) < n // 10, 1.0, -1.0)
+    scores = y * rng.uniform(0.5, 1.5, y.shape)
+    scores[:, 0] = -1.0  # the majority class for every image
+    return attribute_metrics(scores, y, None, schema)
+
+
+def test_headline_table_has_accuracy_and_mA_and_flags_a_majority_class_attribute():
+    schema = clothing_schema()
+    fold = majority_fold(schema)
+    assert fold["accuracy"]["per_attribute"]["colors_0"] == pytest.approx(0.9)
+    assert fold["balanced_accuracy"]["per_attribute"]["colors_0"] == pytest.approx(0.5)
+    block = {"methods": {"S-CNN": method_block([fold], schema)}}
+    table = format_table(block, None, title="accuracy (%) on the test split")
+    lines = table.splitlines()
+    assert lines[0] == "accuracy and mA (%) on the test split"
+    assert lines[1].split() == ["method", *GROUPS, "total", "mA"]
+    row = lines[3].split()
+    acc = 100 * fold["accuracy"]["total"]
+    ma = 100 * fold["balanced_accuracy"]["total"]
+    assert row == ["S-CNN", *row[1:5], f"{acc:.2f}", f"{ma:.2f}"] and ma < acc
+    assert any(line.startswith("mA: mean balanced accuracy") for line in lines)
+    chance = [line for line in lines if line.startswith("at chance")]
+    assert chance == [
+        "at chance (S-CNN, balanced accuracy within 2 points of 50 %, 1 of 8): colors_0"
+    ]
+    # one evaluation: no "mean ± std over folds", no "±"
+    assert "±" not in table and "over folds" not in table
+
+
+def test_at_chance_band_and_fold_spread():
+    from apcnn.reports import at_chance
+
+    schema = clothing_schema()
+    folds = [majority_fold(schema, seed=s) for s in (0, 1)]
+    block = method_block(folds, schema)
+    block["balanced_accuracy"]["per_attribute"]["colors_1"] = 0.519  # inside the band
+    block["balanced_accuracy"]["per_attribute"]["colors_2"] = 0.521  # outside
+    flagged = at_chance({"MG-CNN": block})
+    assert [a for a, _ in flagged["MG-CNN"]] == ["colors_0", "colors_1"]
+    table = format_table({"MG-CNN": block})
+    assert "mean ± std over folds" in table.splitlines()[0]  # two folds: a real spread
+    assert "at chance (MG-CNN" in table
+    assert at_chance({"M": {"total": 0.9, "per_attribute": {"a": 0.5}}}) == {}  # no mA: none
+
+
+def test_report_md_shows_mA_and_the_attributes_at_chance(tmp_path):
+    schema = clothing_schema()
+    res = {"methods": {"S-CNN": method_block([majority_fold(schema)], schema)}}
+    text = write_report(tmp_path, res, schema=schema, paper=None).read_text()
+    assert "mA: mean balanced accuracy" in text
+    assert "**Attributes at chance**" in text and "- S-CNN (1 of 8): colors_0" in text
+    assert "| S-CNN acc | S-CNN mA |" in text and "50.00 (chance)" in text
+    assert "over folds" not in text
+
+
+def test_S_plot_is_cropped_to_latent_tasks_in_use(tmp_path):
+    from apcnn.reports import _plot_S, latent_rows_in_use
+
+    schema = clothing_schema()
+    S = np.zeros((64, schema.num_attributes))
+    S[[3, 17, 40]] = np.arange(1, schema.num_attributes + 1)
+    assert latent_rows_in_use(S).tolist() == [3, 17, 40]
+    assert latent_rows_in_use(-S).tolist() == [3, 17, 40]  # |S|
+    _plot_S(tmp_path / "S.png", S, schema)
+    from PIL import Image
+
+    cropped = Image.open(tmp_path / "S.png").size
+    _plot_S(tmp_path / "full.png", np.ones((64, schema.num_attributes)), schema)
+    assert cropped[1] < Image.open(tmp_path / "full.png").size[1]  # 3 rows, not 64

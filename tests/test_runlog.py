@@ -118,3 +118,95 @@ def test_seed_everything_repeats_cpu_runs(monkeypatch):
             seed_everything(-1)
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+# ------------------------------------------------------------------------------- progress bars
+def test_progress_is_plain_and_periodic_off_a_terminal(monkeypatch, capsys):
+    from apcnn.runlog import PlainProgress, progress
+
+    monkeypatch.delenv("APCNN_PROGRESS", raising=False)
+    monkeypatch.setenv("APCNN_PROGRESS_INTERVAL", "0")
+    bar = progress(total=4, desc="training", unit="step")  # capsys: stderr is not a terminal
+    assert isinstance(bar, PlainProgress)
+    for k in range(4):
+        bar.set_postfix_str(f"S-CNN sgd r0 e{k}")
+        bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 5  # one per update (interval 0) and one at close
+    assert lines[0].startswith("training: 1/4 (25%)") and "[S-CNN sgd r0 e0]" in lines[0]
+    assert lines[-1].startswith("training: 4/4 (100%)") and "step/s" in lines[-1]
+    bar = progress(total=2, desc="quiet", disable=True)
+    bar.update(2)
+    bar.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_closing_line_and_modes(monkeypatch, capsys):
+    from apcnn.runlog import PlainProgress, progress
+
+    monkeypatch.setenv("APCNN_PROGRESS_INTERVAL", "3600")
+    assert list(progress(range(3), desc="items", unit="img")) == [0, 1, 2]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("items: 3/3 (100%)") and "img/s" in line
+    monkeypatch.setenv("APCNN_PROGRESS", "off")
+    bar = progress(total=2, desc="quiet")
+    bar.update(2)
+    bar.close()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("APCNN_PROGRESS", "bar")
+    bar = progress(total=2, desc="bar")
+    assert not isinstance(bar, PlainProgress) and hasattr(bar, "set_postfix")
+    bar.close()
+
+
+def test_log_lines_go_through_an_active_bar(tmp_path, monkeypatch):
+    """With a tqdm bar on screen, a RunDir console line is written with tqdm.write (the bar is
+    cleared and redrawn below the line, never split by it)."""
+    import tqdm
+
+    written = []
+    monkeypatch.setattr(
+        tqdm.tqdm, "write", classmethod(lambda cls, s, file=None: written.append(s))
+    )
+    with RunDir(tmp_path / "run", rank=0, console=True) as run:
+        bar = tqdm.tqdm(total=3, file=open(os.devnull, "w"))  # noqa: SIM115
+        try:
+            run.logger.info("solver round 1")
+        finally:
+            bar.close()
+        assert written == ["solver round 1"]
+        run.logger.info("no bar now")  # plain stream write
+    assert written == ["solver round 1"]
+
+
+def test_a_non_terminal_run_log_has_no_carriage_returns(tmp_path):
+    """``apcnn train`` with stderr redirected to a file: progress as plain lines, no '\\r'."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "stderr.log"
+    argv = [
+        sys.executable, "-m", "apcnn", "train", "-c", "configs/demo.yaml",
+        "--out", str(tmp_path / "run"),
+        "--set", "data.image_size=64", "--set", "data.options={num_images: 64}",
+        "--set", "model.rank=4", "--set", "mtl.max_outer=2",
+        "--set", "train.epochs_single=1", "--set", "train.epochs_joint=1",
+        "--set", "train.rounds=1",
+    ]  # fmt: skip
+    env = {**os.environ, "APCNN_CACHE": str(tmp_path / "cache"), "APCNN_PROGRESS_INTERVAL": "0"}
+    env.pop("APCNN_PROGRESS", None)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            argv, stderr=f, stdout=subprocess.PIPE, env=env, cwd=repo, timeout=600
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    assert "\x1b[" not in text  # no cursor movement either
+    assert any(line.startswith("training: ") and "/" in line for line in text.splitlines())
+    assert "\r" not in (tmp_path / "run" / "train.log").read_text()
+    assert "apcnn report" in proc.stdout.decode()

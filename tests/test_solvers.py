@@ -527,17 +527,17 @@ def test_alternating_does_not_stop_while_subsolvers_are_loose(monkeypatch):
     real_S, real_L = sv._solve_S, sv._solve_L
     no_progress = sv.SolverInfo(0, True, 0.0, 0.0, 1.0)  # "converged" at the start point
 
-    def lazy_S(data, L, gi, mu, S0, b0, tol, max_iter, method, kind):
+    def lazy_S(data, L, gi, mu, S0, b0, tol, max_iter, method, kind, budget=None):
         seen.append(tol)
         if tol > 1e-5:
             return S0, b0, no_progress
-        return real_S(data, L, gi, mu, S0, b0, tol, max_iter, method, kind)
+        return real_S(data, L, gi, mu, S0, b0, tol, max_iter, method, kind, budget)
 
-    def lazy_L(data, S, gamma, lam, L0, b0, tol, max_iter, kind):
+    def lazy_L(data, S, gamma, lam, L0, b0, tol, max_iter, kind, budget=None):
         seen.append(tol)
         if tol > 1e-5:
             return L0, b0, no_progress
-        return real_L(data, S, gamma, lam, L0, b0, tol, max_iter, kind)
+        return real_L(data, S, gamma, lam, L0, b0, tol, max_iter, kind, budget)
 
     monkeypatch.setattr(sv, "_solve_S", lazy_S)
     monkeypatch.setattr(sv, "_solve_L", lazy_L)

@@ -146,9 +146,9 @@ def adapt_top(
     history: list[dict[str, float]] = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .runlog import progress as progress_bar
 
-        bar = tqdm(total=steps, desc="adapting the trunk top", unit="batch", leave=False)
+        bar = progress_bar(total=steps, desc="adapting the trunk top", unit="batch")
     top.eval()  # batch norms keep their statistics; gradients still flow
     try:
         for epoch in range(epochs):

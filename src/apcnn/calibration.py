@@ -80,6 +80,16 @@ def fit_platt(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> np.n
     return params
 
 
+def boundary_thresholds(params: np.ndarray) -> np.ndarray:
+    """(M,) decision thresholds on the calibrated probability that keep the trained decision
+    boundary (score 0): t_m = σ(c_m), since p_m >= σ(c_m) ⇔ a_m s + c_m >= c_m ⇔ s >= 0 when
+    a_m > 0. So predictions, probabilities, ONNX outputs and the reported metrics (score > 0)
+    agree. An attribute whose fitted slope is not positive (its probability does not rise with
+    the score: calibration failed) keeps 0.5. ``params``: (2, M) from :func:`fit_platt`."""
+    a, c = np.asarray(params, dtype=np.float64)
+    return np.where(a > 0, 1.0 / (1.0 + np.exp(-c)), 0.5)
+
+
 def calibration_prior(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(M,) prior ρ_m = p(a_m = 1) implied by :func:`fit_platt` on the same labels.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -55,6 +56,8 @@ __all__ = [
     "save_config",
     "check_data_root",
     "DATASETS_WITHOUT_ROOT",
+    "config_keys",
+    "field_help",
 ]
 
 T = TypeVar("T")
@@ -95,6 +98,18 @@ DATASETS_WITHOUT_ROOT = frozenset({"synthetic"})
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"'{key}' {message}")
+
+
+def _check_finite(obj: Any, prefix: str, names: Sequence[str]) -> None:
+    """Every named float of ``obj`` is finite (``inf`` passes ``> 0`` checks; nan fails them)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check(math.isfinite(value), f"{prefix}.{name}", f"must be finite, got {value}")
+
+
+#: ``train.device``: auto, cpu, mps, or cuda / xpu with an optional index
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
 @dataclass
@@ -141,6 +156,7 @@ class DataConfig:
             f"must be in (0, 1], got {self.crop_fraction}",
         )
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check_finite(self, "data", ["val_fraction", "crop_fraction"])
 
 
 @dataclass
@@ -194,6 +210,7 @@ class MTLConfig:
     #: units of those features (the same CV as task_weights: auto; with both, attribute m is
     #: regularised as its own cross-validated SVM would be, before the group penalty)
     lam: float | Literal["auto"] = 1e-3
+    #: loss of eq. 2 on the scores: squared hinge (the paper's), hinge or logistic
     loss: Literal["squared_hinge", "hinge", "logistic"] = "squared_hinge"
     method: Literal["fista", "spgd"] = "fista"  #: S-step solver
     max_outer: int = 20  #: alternations of the S- and L-steps
@@ -209,8 +226,32 @@ class MTLConfig:
     #: 3-fold cross-validation on the training split's initial tail features (as `apcnn
     #: reproduce` does)
     task_weights: list[float] | Literal["auto"] | None = None
+    #: wall-clock seconds per solver call (one mu of mu_grid, one round): the solver stops at
+    #: its next iteration when they are up and keeps its iterate so far (never worse than its
+    #: start); the run's log says so. null: no limit
+    time_budget: float | None = None
+    #: proximal-gradient iterations per solver call, all sub-problems together; null: no limit
+    iter_budget: int | None = None
+    #: also stop when one iterate meets both blocks' KKT conditions (L given S, S given L) to
+    #: this relative violation (a stationarity certificate of eq. 2); null: only `tol`
+    gap_tol: float | None = None
+    #: warm starts across mu_grid: each mu after the first starts from the previous mu's
+    #: solution instead of S-CNN's heads (faster; can change the chosen solution)
+    warm_start_grid: bool = False
+    #: the tail features the solver works on: dense = the (N, M, D) array (4·N·M·D bytes);
+    #: factored (model.tail=fc only) = the trunk features and the M tail matrices
+    #: (apcnn.features_store: the same problem exactly, memory N·D + M·D², much faster at large N)
+    features: Literal["dense", "factored"] = "dense"
 
     def __post_init__(self) -> None:
+        _check_finite(self, "mtl", ["mu", "gamma", "lam", "tol", "inner_tol"])
+        for name in ("time_budget", "gap_tol", "iter_budget"):
+            value = getattr(self, name)
+            _check(
+                value is None or (math.isfinite(value) and value > 0),
+                f"mtl.{name}",
+                f"must be null or a number > 0, got {value}",
+            )
         for name in ("mu", "gamma", "lam"):
             value = getattr(self, name)
             _check(
@@ -232,16 +273,17 @@ class MTLConfig:
 class TrainLoopConfig:
     """SGD fine-tuning: S-CNN epochs, then MG-CNN rounds alternating the solver and SGD."""
 
-    seed: int = 0
+    seed: int = 0  #: seed of initialisation, shuffling and augmentation (not of the folds)
     device: str = "auto"  #: "auto", "cpu", "cuda", "cuda:1", ...
+    #: mixed precision (autocast) of the network: auto = bf16 on CPU / fp16 on CUDA, or off
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     #: float64: tails, head and solvers in double precision (slow; for reproducibility checks,
     #: e.g. that N data-parallel processes reproduce one; no autocast)
     precision: Literal["float32", "float64"] = "float32"
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    batch_size: int = 64  #: images (or feature rows) per SGD step
+    lr: float = 0.01  #: peak SGD learning rate of the tails and heads
+    momentum: float = 0.9  #: SGD momentum
+    weight_decay: float = 5e-4  #: SGD weight decay (L2) of tails and heads
     #: weight decay of the head (S-CNN's per-attribute w_m); None: ``weight_decay``
     head_weight_decay: float | None = None
     #: L2-SP: the tails' weight decay pulls them towards their initial (pretrained / identity)
@@ -250,7 +292,7 @@ class TrainLoopConfig:
     #: with model.freeze_trunk=false: the trunk's learning rate is lr times this (pretrained
     #: layers move slowly; 0 keeps them fixed but still updates their batch-norm statistics)
     trunk_lr_scale: float = 0.1
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant"] = "cosine"  #: learning-rate schedule
     epochs_single: int = 5  #: S-CNN epochs per attribute network
     #: S-CNN starts from exact per-attribute SVMs on the initial tail features (ridge weight per
     #: attribute by 3-fold CV on the training split), then SGD fine-tunes tails and heads from
@@ -281,6 +323,16 @@ class TrainLoopConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check_finite(
+            self,
+            "train",
+            ["lr", "momentum", "weight_decay", "head_weight_decay", "trunk_lr_scale", "adapt_lr"],
+        )
+        _check(
+            isinstance(self.device, str) and _DEVICE.fullmatch(self.device) is not None,
+            "train.device",
+            f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
+        )
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -765,6 +817,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         except yaml.YAMLError as e:
             msg = " ".join(str(e).split())
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {msg}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config file {str(p)!r} is not valid UTF-8 (byte 0x{e.object[e.start]:02x} at "
+                f"offset {e.start}); save it as UTF-8"
+            ) from None
         if loaded is None:
             loaded = {}
         _from_dict(cls, loaded, "", str(p))  # report file errors with the file name
@@ -816,3 +873,64 @@ def preset_settings(name: str) -> dict[str, Any]:
     return {
         f"{section}.{key}": value for section, keys in tree.items() for key, value in keys.items()
     }
+
+
+# ------------------------------------------------------------------------- documentation of keys
+_FIELD_LINE = re.compile(r"^    (\w+): ")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """``{field: meaning}`` of a config dataclass, from its ``#:`` comments (Sphinx style).
+
+    A field's meaning is the ``#:`` comment lines just above it plus a trailing ``#:`` comment
+    on its own line, joined into one sentence; these comments are the one source of the key
+    documentation (``apcnn config show``), so every field of :class:`TrainConfig` has one.
+    """
+    import inspect
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # no source (e.g. a frozen app): no help, never a failure
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("    #:"):
+            above.append(stripped[2:].strip())
+            continue
+        match = _FIELD_LINE.match(line)
+        if match and match.group(1) in names and match.group(1) not in out:
+            _, sep, trailing = line.partition("  #:")
+            parts = [*above, trailing.strip()] if sep else above
+            out[match.group(1)] = " ".join(p for p in parts if p)
+        above = []
+    return out
+
+
+def config_keys(preset: str | None = None) -> list[dict[str, Any]]:
+    """Every key of :class:`TrainConfig`, in file order, as ``{"key", "type", "value", "default",
+    "set_by_preset", "help"}``; ``value`` is the preset's (its YAML merged over the defaults) or
+    the default. For ``apcnn config show [PRESET]``."""
+    cfg = load_config(TrainConfig, preset_path(preset)) if preset else TrainConfig()
+    defaults = config_to_dict(TrainConfig())
+    values = config_to_dict(cfg)
+    set_keys = set(preset_settings(preset)) if preset else set()
+    rows = []
+    for section in dataclasses.fields(TrainConfig):
+        cls = _hints(TrainConfig)[section.name]
+        hints, helps = _hints(cls), field_help(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section.name}.{f.name}"
+            rows.append(
+                {
+                    "key": key,
+                    "type": _type_name(hints[f.name]),
+                    "value": values[section.name][f.name],
+                    "default": defaults[section.name][f.name],
+                    "set_by_preset": key in set_keys,
+                    "help": helps.get(f.name, ""),
+                }
+            )
+    return rows

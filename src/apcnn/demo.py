@@ -32,15 +32,27 @@ def demo_config(out: str | Path, *, seed: int = 0, quick: bool = False) -> Any:
 
 
 def run_demo(
-    out: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False
+    out: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Train the demo, print the table, write results.json and report.md into ``out``."""
+    """Train the demo, print the table, write results.json and report.md into ``out``.
+
+    A folder that already holds a run (a training run or an earlier demo) is refused unless
+    ``overwrite`` (``apcnn demo --overwrite``): nothing is deleted by accident.
+    """
     from .engine import train
     from .reports import format_table
     from .runlog import atomic_write_json
 
+    held = [n for n in ("checkpoints/state", "metrics.json") if (Path(out) / n).exists()]
+    if held and not overwrite:
+        from .config import ConfigError
+
+        raise ConfigError(
+            f"{out} already holds a run ({held[0]}; its checkpoints, metrics and logs would be "
+            "deleted); pass --overwrite to replace it or --out DIR for a new demo"
+        )
     cfg = demo_config(out, seed=seed, quick=quick)
-    result = train(cfg, overwrite=True)
+    result = train(cfg, overwrite=overwrite)
     results = result["results_json"]
     atomic_write_json(Path(out) / "results.json", results)
     print()

@@ -5,6 +5,7 @@ attribute-specific tails, the multi-task layer W = L S (+ bias) and the Platt ca
 
     images (B, 3, H, W) float32, normalised   ->   scores (B, M)        = [x_m^T L s_m + b_m]_m
                                               ->   probabilities (B, M) = sigmoid(a_m * score + c_m)
+                                              ->   decisions (B, M) bool = probabilities >= t_m
 
 with a dynamic batch dimension ``B`` (the input shape ``(H, W)`` is fixed to the checkpoint's
 :attr:`ModelSpec.input_shape <apcnn.models.spec.ModelSpec.input_shape>`). Next to ``model.onnx``
@@ -37,25 +38,29 @@ __all__ = [
     "meta_path_for",
     "load_onnx_meta",
     "onnx_session",
+    "verify_onnx",
     "run_onnx",
+    "run_onnx_decisions",
     "predict_onnx",
 ]
 
 ONNX_FORMAT = "apcnn.onnx/1"
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("scores", "probabilities")
+OUTPUT_NAMES = ("scores", "probabilities", "decisions")
 
 
 class _ExportModule(nn.Module):
-    """images (B, 3, H, W) -> (scores (B, M), probabilities (B, M)): the predictor end to end."""
+    """images (B, 3, H, W) -> (scores (B, M), probabilities (B, M), decisions (B, M) bool): the
+    predictor end to end, decisions by its one rule p >= threshold (the checkpoint's)."""
 
     def __init__(self, predictor: nn.Module) -> None:
         super().__init__()
         self.predictor = predictor
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scores = self.predictor(images)
-        return scores, self.predictor.probabilities(scores)
+        probabilities = self.predictor.probabilities(scores)
+        return scores, probabilities, self.predictor.decisions(probabilities)
 
 
 def meta_path_for(onnx_path: str | Path) -> Path:
@@ -105,7 +110,8 @@ def export_onnx(
         exporter: ``"auto"``, ``"torchscript"`` or ``"dynamo"`` (see :func:`_export`).
 
     Inputs/outputs: ``images`` float32 (B, 3, H, W) normalised with the sidecar's mean/std ->
-    ``scores`` (B, M), ``probabilities`` (B, M).
+    ``scores`` (B, M), ``probabilities`` (B, M), ``decisions`` (B, M) bool (p >= the
+    checkpoint's thresholds, also in the sidecar's ``thresholds``).
     """
     from . import __version__
     from .predictor import checkpoint_spec, load_predictor
@@ -137,6 +143,8 @@ def export_onnx(
         "inputs": {INPUT_NAME: ["batch", 3, height, width]},
         "outputs": {name: ["batch", spec.num_attributes] for name in OUTPUT_NAMES},
         "opset": int(opset),
+        "thresholds": [float(t) for t in predictor.threshold.tolist()],
+        "decision_rule": "probabilities >= thresholds",
         "sha256": _sha256(out),
     }
     meta_path_for(out).write_text(json.dumps(sidecar, indent=2))
@@ -211,8 +219,25 @@ def load_onnx_meta(onnx_path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def verify_onnx(onnx_path: str | Path, meta: dict[str, Any]) -> None:
+    """Check the ONNX file against the sha256 its sidecar recorded at export (a truncated,
+    replaced or re-exported file fails here, in one line, not inside onnxruntime). A sidecar
+    without ``sha256`` (hand-written ``meta=``) is not checked."""
+    expected = meta.get("sha256")
+    if not expected:
+        return
+    actual = _sha256(Path(onnx_path))
+    if actual != expected:
+        raise ValueError(
+            f"{onnx_path}: its sha256 ({actual[:12]}...) is not the one its sidecar "
+            f"{meta_path_for(onnx_path).name} recorded at export ({str(expected)[:12]}...); the "
+            "file is truncated or was replaced: export it again with 'apcnn export'"
+        )
+
+
 def onnx_session(onnx_path: str | Path, *, threads: int | None = None) -> Any:
-    """An onnxruntime CPU ``InferenceSession`` (``threads``: intra-op threads, None = default)."""
+    """An onnxruntime CPU ``InferenceSession`` (``threads``: intra-op threads, None = default);
+    a file onnxruntime cannot load gives a one-line :class:`ValueError` naming it."""
     ort = _require("onnxruntime", "running an ONNX model")
     path = Path(onnx_path)
     if not path.is_file():
@@ -222,7 +247,14 @@ def onnx_session(onnx_path: str | Path, *, threads: int | None = None) -> Any:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (Fail, InvalidGraph...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(
+            f"{path}: onnxruntime cannot load it ({first}); the file is damaged or not an ONNX "
+            "model: export it again with 'apcnn export'"
+        ) from None
 
 
 def run_onnx(session_or_path: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,8 +267,17 @@ def run_onnx(session_or_path: Any, images: np.ndarray) -> tuple[np.ndarray, np.n
     x = np.ascontiguousarray(images, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got shape {x.shape}")
-    scores, probs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    scores, probs = session.run(list(OUTPUT_NAMES[:2]), {INPUT_NAME: x})
     return scores, probs
+
+
+def run_onnx_decisions(session: Any, images: np.ndarray) -> np.ndarray | None:
+    """The graph's own ``decisions`` output (B, M) bool, or None for a model exported before
+    it had one."""
+    if "decisions" not in {o.name for o in session.get_outputs()}:
+        return None
+    x = np.ascontiguousarray(images, dtype=np.float32)
+    return np.asarray(session.run(["decisions"], {INPUT_NAME: x})[0], dtype=bool)
 
 
 def predict_onnx(
@@ -245,9 +286,12 @@ def predict_onnx(
     meta: dict[str, Any] | None = None,
     *,
     batch_size: int = 32,
+    threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """``apcnn predict`` with an exported model: per image, per attribute score, calibrated
-    probability and decision (the same structure as :func:`apcnn.inference.predict_images`).
+    probability, threshold and decision (the same structure as
+    :func:`apcnn.inference.predict_images`): p >= the sidecar's ``thresholds`` (the exported
+    checkpoint's; 0.5 for an older export), or ``threshold`` for every attribute when given.
 
     ``meta`` is the sidecar dict (default: read ``<onnx_path>.json``); its ``model`` and
     ``preprocessing`` give the :class:`~apcnn.models.spec.ModelSpec` whose evaluation transform
@@ -256,7 +300,7 @@ def predict_onnx(
     from .data.images import open_rgb
     from .data.schema import AttributeSchema
     from .models.spec import ModelSpec
-    from .predictor import decisions_from_scores
+    from .predictor import decisions_from_scores, resolve_thresholds
 
     if not Path(onnx_path).is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} not found; create it with 'apcnn export'")
@@ -267,6 +311,7 @@ def predict_onnx(
     if not images:
         raise ValueError("images is empty; pass at least one image file")
     transform = ModelSpec.from_meta(meta).eval_transform()
+    verify_onnx(onnx_path, meta)
     session = onnx_session(onnx_path)
     scores, probs = [], []
     paths = [str(p) for p in images]
@@ -277,7 +322,8 @@ def predict_onnx(
         scores.append(s)
         probs.append(p)
     schema = AttributeSchema.from_dict(meta["schema"])
-    items = decisions_from_scores(np.concatenate(scores), np.concatenate(probs), schema)
+    thresholds, _ = resolve_thresholds(meta.get("thresholds"), schema.num_attributes, threshold)
+    items = decisions_from_scores(np.concatenate(scores), np.concatenate(probs), schema, thresholds)
     for path, item in zip(paths, items, strict=True):
         item["image"] = path
     return items

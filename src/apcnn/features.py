@@ -4,13 +4,16 @@
 (B, 3, H, W) to a tensor (B, ...)) over a dataset and returns the stacked outputs (N, ...) in
 dataset order, as float32 on the CPU. Fast path: ``torch.inference_mode``, channels-last input,
 batched forward passes (optionally micro-batches), optional autocast (bf16 on CPU), a
-``DataLoader`` with worker processes, progress bar (tqdm).
+``DataLoader`` with worker processes, progress report (:func:`apcnn.runlog.progress`).
 
 ``FeatureCache(root).get_or_compute(key_parts, compute_fn)`` memoises such a tensor on disk as
 ``<sha256 of key parts>.safetensors`` (plus ``.json`` with the key parts), written atomically.
 Changing any key part (dataset ``cache_key()``, backbone name, weights sha256, transform
 description, trunk split...) gives a new file; a corrupt or truncated file is recomputed with a
-warning.
+warning. The dataset part changes when an image file is edited, replaced, emptied or truncated
+(``AttributeDataset.cache_key`` includes each file's size and modification time).
+``FeatureCache.entries()`` / ``clear()`` and :func:`format_cache_info` serve ``apcnn cache
+info`` / ``apcnn cache clear``.
 
 Datasets follow the apcnn contract: ``dataset[i]`` is a dict with at least ``image`` (3, H, W)
 float tensor and ``index`` (int64 scalar, equal to ``i``).
@@ -21,8 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,14 @@ import torch
 from .devices import autocast_dtype
 from .runlog import atomic_path, atomic_write_bytes
 
-__all__ = ["CPU_MICRO_BATCH", "FeatureCache", "extract_features", "key_digest"]
+__all__ = [
+    "CPU_MICRO_BATCH",
+    "CacheEntry",
+    "FeatureCache",
+    "extract_features",
+    "format_cache_info",
+    "key_digest",
+]
 
 CPU_MICRO_BATCH = 4
 """Images per forward pass on the CPU with ``micro_batch="auto"`` (see ``extract_features``)."""
@@ -68,7 +81,7 @@ def extract_features(
         num_workers: DataLoader worker processes (0 = load in this process).
         device: where ``module_fn`` runs.
         amp: autocast: ``True`` = bf16 on CPU / fp16 on CUDA, or an explicit dtype; False = off.
-        progress: show a tqdm progress bar.
+        progress: show progress (:func:`apcnn.runlog.progress`).
         channels_last: feed images in channels-last memory format (faster convolutions).
         micro_batch: images per forward pass within a loaded batch: None (default) the whole
             batch; an int; or ``"auto"``: ``CPU_MICRO_BATCH`` on the CPU, the whole batch
@@ -119,9 +132,9 @@ def extract_features(
     seen = torch.zeros(n, dtype=torch.bool)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .runlog import progress as progress_bar
 
-        bar = tqdm(total=n, desc=desc, unit="img", leave=False)
+        bar = progress_bar(total=n, desc=desc, unit="img")
     try:
         with torch.inference_mode():
             for images, index in loader:
@@ -151,8 +164,26 @@ def extract_features(
     if out is None:
         raise ValueError("dataset is empty; nothing to extract")
     if not bool(seen.all()):
-        raise ValueError("dataset items' 'index' fields do not cover 0..len(dataset)-1")
+        _uncovered_rows(dataset, (~seen).nonzero().flatten().tolist())
     return out
+
+
+def _uncovered_rows(dataset: Any, rows: list[int]) -> None:
+    """Raise the error for rows no item was returned for. With ``skip_bad_images`` a dataset
+    replaces an image that fails to decode by the next good one (its ``index``), so the bad
+    image's row has no features: name it and the fix (drop bad images when the dataset is built,
+    ``check_images=True``, which ``data.skip_bad_images`` in training does)."""
+    if getattr(dataset, "skip_bad_images", False):
+        from .data.errors import CorruptImageError
+
+        path = dataset.image_path(rows[0]) if hasattr(dataset, "image_path") else None
+        raise CorruptImageError(
+            f"{path or f'sample {rows[0]}'}: {len(rows)} image(s) failed to load during feature "
+            "extraction and skip_bad_images cannot drop them here; build the dataset with "
+            "check_images=True (bad images are then dropped up front) or fix the files "
+            "(apcnn data verify)"
+        )
+    raise ValueError("dataset items' 'index' fields do not cover 0..len(dataset)-1")
 
 
 def _canonical(key_parts: Mapping[str, Any]) -> str:
@@ -169,6 +200,41 @@ def _canonical(key_parts: Mapping[str, Any]) -> str:
 def key_digest(key_parts: Mapping[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of ``key_parts`` (sorted keys)."""
     return hashlib.sha256(_canonical(key_parts).encode()).hexdigest()
+
+
+_ENTRY = re.compile(r"^[0-9a-f]{64}\.safetensors$")
+_LEFTOVER = re.compile(r"^\.[0-9a-f]{64}\.(safetensors|json)\..*\.tmp$")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached tensor: ``path`` (``<digest>.safetensors``), ``size`` in bytes (with its
+    ``.json``), ``modified`` (Unix time), and from the ``.json``: ``key_parts``, ``shape``,
+    ``dtype`` (None when the ``.json`` is missing or unreadable)."""
+
+    digest: str
+    path: Path
+    size: int
+    modified: float
+    key_parts: dict[str, Any] | None
+    shape: list[int] | None
+    dtype: str | None
+
+    def summary(self) -> str:
+        """One line: digest, shape, size, date and the key parts a person can read."""
+        key = self.key_parts or {}
+        parts = [f"{k}={key[k]}" for k in ("backbone", "tail") if k in key]
+        parts += [k for k in ("adapted", "mirrored", "flip_average", "pool_region") if k in key]
+        if "dataset" in key:
+            parts.append(f"dataset={str(key['dataset'])[:12]}")
+        shape = "x".join(map(str, self.shape)) if self.shape else "?"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.modified))
+        key_text = " ".join(parts) or "(no key file)"
+        return f"{self.digest[:12]}  {shape:<18} {_mib(self.size):>9}  {when}  {key_text}"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 class FeatureCache:
@@ -231,6 +297,62 @@ class FeatureCache:
         atomic_write_bytes(path.with_suffix(".json"), text.encode())
         return path
 
+    def entries(self) -> list[CacheEntry]:
+        """The cached tensors in :attr:`root`, oldest first (files of other names are ignored)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in self.root.iterdir():
+            if not _ENTRY.match(path.name):
+                continue
+            side = path.with_suffix(".json")
+            try:
+                st = path.stat()
+            except OSError:  # removed meanwhile
+                continue
+            size = st.st_size + (side.stat().st_size if side.is_file() else 0)
+            info: dict[str, Any] = {}
+            try:
+                info = json.loads(side.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+            out.append(
+                CacheEntry(
+                    digest=path.stem,
+                    path=path,
+                    size=size,
+                    modified=st.st_mtime,
+                    key_parts=info.get("key_parts"),
+                    shape=info.get("shape"),
+                    dtype=info.get("dtype"),
+                )
+            )
+        return sorted(out, key=lambda e: (e.modified, e.digest))
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every cached tensor, its ``.json`` and leftover temporary files of interrupted
+        writes; other files in :attr:`root` stay. Returns (entries deleted, bytes freed)."""
+        count, freed = 0, 0
+        for entry in self.entries():
+            for path in (entry.path, entry.path.with_suffix(".json")):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            count, freed = count + 1, freed + entry.size
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if _LEFTOVER.match(path.name) or (
+                    path.suffix == ".json" and _ENTRY.match(path.stem + ".safetensors")
+                ):
+                    try:
+                        size = path.stat().st_size
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                    freed += size
+        return count, freed
+
     def get_or_compute(
         self, key_parts: Mapping[str, Any], compute_fn: Callable[[], torch.Tensor]
     ) -> torch.Tensor:
@@ -242,3 +364,20 @@ class FeatureCache:
         tensor = compute_fn()
         self.save(key_parts, tensor)
         return tensor.detach().cpu()
+
+
+def format_cache_info(cache: FeatureCache) -> str:
+    """``apcnn cache info``: the folder, the number of entries and their total size, then one
+    line per entry (:meth:`CacheEntry.summary`)."""
+    entries = cache.entries()
+    total = sum(e.size for e in entries)
+    lines = [
+        f"feature cache: {cache.root}",
+        f"entries: {len(entries)}, total {_mib(total)}"
+        + ("" if cache.root.is_dir() else " (folder does not exist yet)"),
+    ]
+    if entries:
+        lines.append(f"{'digest':<12}  {'shape':<18} {'size':>9}  {'modified':<16}  key")
+        lines += [e.summary() for e in entries]
+        lines.append("free the space with: apcnn cache clear")
+    return "\n".join(lines)

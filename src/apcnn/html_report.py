@@ -12,16 +12,24 @@ and writes ``RUN_DIR/report.html``: one HTML file with inline CSS and every figu
 ``data:image/png;base64`` URI (no external resource, no JavaScript), plus the Markdown report
 ``RUN_DIR/report.md`` (:func:`apcnn.reports.write_report`). Sections:
 
-- results table (methods x groups + total; the paper's Table III numbers in parentheses when the
-  schema has the Clothing groups), balanced accuracy and average precision tables;
+- results table (methods x groups + total and mA, the mean balanced accuracy; the paper's Table
+  III numbers in parentheses when the schema has the Clothing groups), the attributes at chance
+  (balanced accuracy within 2 points of 50 %), balanced accuracy and average precision tables;
+- examples: thumbnails of test photos per group (``data:image/jpeg`` URIs), the most confident
+  right and most confident wrong, with predicted and true attributes (:func:`pick_examples`);
+- per attribute: the decision threshold and the confusion counts of ``p >= threshold``;
+- label counts per split (positive / negative / missing);
 - per-attribute bars (the paper's group means as dashed segments where it applies);
-- per method: |S| (K x M, columns ordered by group) and the attribute-sharing matrix
-  cos(w_a, w_b) of the columns of W = L S;
-- precision-recall curves per attribute on the test split (the checkpoints are re-run on it;
-  skipped with a note when the dataset is not available or ``pr_curves=False``);
+- per method: |S| (latent tasks in use x M, columns ordered by group) and the attribute-sharing
+  matrix cos(w_a, w_b) of the columns of W = L S;
+- precision-recall curves per attribute on the test split;
 - training curves from metrics.jsonl (SGD loss, validation accuracy, solver objective per call)
-  and the solver's objective history;
+  and the solver's objective history, solver calls marked;
 - per-attribute table and the configuration.
+
+Every figure has a one-sentence "how to read it" below it (:data:`apcnn.reports.HOW_TO`). The
+checkpoints are re-run on the test split once (examples, decisions, PR curves); that part is
+skipped with a note when the dataset is not available or ``pr_curves=False``.
 """
 
 from __future__ import annotations
@@ -59,6 +67,14 @@ figcaption{font-size:0.88em;color:#555}
 .note{background:#fff8e1;border-left:4px solid #f0c000;padding:6px 10px;font-size:0.9em}
 pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:0.85em}
 .meta{color:#666;font-size:0.9em}
+.how{font-size:0.86em;color:#444;margin:-14px 0 22px;max-width:900px}
+.chance{color:#b00020;font-weight:600}
+.examples{display:flex;flex-wrap:wrap;gap:8px;margin:6px 0 14px}
+.ex{width:168px;border:2px solid #2e7d32;border-radius:4px;padding:4px;font-size:0.74em;
+line-height:1.3;background:#fff}
+.ex.wrong{border-color:#c62828}
+.ex img{width:160px;height:160px;object-fit:contain;background:#f4f4f4;display:block}
+.ex .id{color:#666;word-break:break-all}.ex .err{color:#c62828;font-weight:600}
 """
 
 
@@ -72,7 +88,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
     Returns ``{"results": metrics.json, "rows": metrics.jsonl rows, "config_text": str | None,
     "schema": AttributeSchema, "checkpoints": {method: path}, "L": {method: (D, K)},
-    "S": {method: (K, M)}, "W": {method: (D, M)}, "histories": {method: [objective]}}``
+    "S": {method: (K, M)}, "W": {method: (D, M)}, "histories": {method: [objective]},
+    "history_calls": {method: [[objective] per solver call]}}``
     (methods ordered S-CNN, M-CNN, MG-CNN, then others).
     """
     from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
@@ -121,14 +138,16 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         schema = AttributeSchema(names=tuple(names), groups=(("all", tuple(range(len(names)))),))
     order = sorted(ckpts, key=_method_key)
     histories: dict[str, list[float]] = {}
+    calls: dict[str, list[list[float]]] = {}
     if (ck_root / "state").is_dir():
         try:
             raw = read_checkpoint_meta(ck_root / "state").get("histories") or {}
             # one list per solver call; concatenated for the curve (jumps = new features)
-            histories = {
-                m: [v for solve in h for v in (solve if isinstance(solve, list) else [solve])]
+            calls = {
+                m: [solve if isinstance(solve, list) else [solve] for solve in h]
                 for m, h in raw.items()
             }
+            histories = {m: [v for solve in c for v in solve] for m, c in calls.items()}
         except (CheckpointError, FileNotFoundError, ValueError) as e:
             log.warning("no solver histories: %s", e)
     return {
@@ -141,6 +160,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "S": {m: S[m] for m in order},
         "W": {m: L[m] @ S[m] for m in order},
         "histories": histories,
+        "history_calls": calls,
     }
 
 
@@ -161,20 +181,48 @@ def test_split_scores(
     when every checkpoint has the same trunk weights and preprocessing; each method then only
     runs its tails and head.
     """
+    from .inference import checkpoint_dataset
+    from .predictor import load_predictor
+
+    if not checkpoints:
+        raise ValueError("no checkpoints to score")
+    loaded = {m: load_predictor(p) for m, p in checkpoints.items()}
+    cfg, dataset = checkpoint_dataset(next(iter(loaded.values()))[1], split=split, root=root)
+    scores = _score_loaded(loaded, checkpoints, dataset, cfg, device, batch_size)
+    return scores, np.asarray(dataset.targets), np.asarray(dataset.mask, dtype=bool)
+
+
+def _split_datasets(meta: Mapping[str, Any], root: str | None) -> tuple[Any, dict[str, Any]]:
+    """(config, {split: dataset}) of a checkpoint's data: every split, as training cut them."""
+    from .config import TrainConfig, config_from_dict
+    from .data.splits import build_datasets
+    from .predictor import checkpoint_spec
+
+    cfg = config_from_dict(TrainConfig, meta["config"])
+    if root is not None:
+        cfg.data.root = root
+    built = build_datasets(cfg, checkpoint_spec(meta).eval_transform())
+    return cfg, {name: source.subset(idx) for name, (source, idx) in built.items()}
+
+
+def _score_loaded(
+    loaded: Mapping[str, tuple[Any, dict[str, Any]]],
+    checkpoints: Mapping[str, str | Path],
+    dataset: Any,
+    cfg: Any,
+    device: str,
+    batch_size: int | None,
+) -> dict[str, np.ndarray]:
+    """Scores (N, M) of each loaded predictor on ``dataset`` (the shared frozen trunk once)."""
     import copy
 
     import torch
 
     from .features import extract_features
-    from .inference import checkpoint_dataset
-    from .predictor import checkpoint_spec, load_predictor
+    from .predictor import checkpoint_spec
 
-    if not checkpoints:
-        raise ValueError("no checkpoints to score")
-    loaded = {m: load_predictor(p) for m, p in checkpoints.items()}
     specs = {m: checkpoint_spec(meta, checkpoints[m]) for m, (_, meta) in loaded.items()}
-    first_pred, meta = next(iter(loaded.values()))
-    cfg, dataset = checkpoint_dataset(meta, split=split, root=root)
+    first_pred, _ = next(iter(loaded.values()))
     first_pre = next(iter(specs.values())).preprocessing_dict()
     datasets = {}
     for method, spec in specs.items():
@@ -216,7 +264,7 @@ def test_split_scores(
             scores[method] = extract_features(
                 pred, datasets[method], batch_size=bs, num_workers=cfg.data.num_workers, device=dev
             ).numpy()
-    return scores, np.asarray(dataset.targets), np.asarray(dataset.mask, dtype=bool)
+    return scores
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -324,10 +372,14 @@ def _pct(x: Any) -> str:
     return f"{100 * float(x):.2f}"
 
 
-def _img(png: bytes, alt: str, caption: str | None = None) -> str:
+def _img(png: bytes, alt: str, caption: str | None = None, how: str | None = None) -> str:
+    """A figure with an embedded PNG, its caption and a "how to read it" sentence below."""
     data = base64.b64encode(png).decode("ascii")
     cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{cap}</figure>'
+    how_p = f'<p class="how">{_esc(how)}</p>' if how else ""
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{cap}</figure>{how_p}'
+    )
 
 
 def _results_table(
@@ -340,6 +392,8 @@ def _results_table(
             blocks[name] = b
     if not blocks:
         return ""
+    from .reports import _has_spread
+
     paper = dict(paper or {})
     groups: list[str] = []
     for b in [*blocks.values(), *paper.values()]:
@@ -347,11 +401,17 @@ def _results_table(
             if g not in groups:
                 groups.append(g)
     names = list(paper) + [n for n in blocks if n not in paper] if paper else list(blocks)
+    with_ma = key is None and any(
+        isinstance(b.get("balanced_accuracy"), Mapping) for b in blocks.values()
+    )
+    spread = any(_has_spread(b) for b in blocks.values())
     head = "".join(f"<th>{_esc(g)}</th>" for g in [*groups, "total"])
+    if with_ma:
+        head += '<th title="mean balanced accuracy">mA</th>'
     out = [f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>"]
     for name in names:
         b, p = blocks.get(name, {}), paper.get(name, {})
-        std = b.get("std") or {}
+        std = (b.get("std") or {}) if spread else {}
         cells = []
         for g in [*groups, None]:
             v = b.get("total") if g is None else b.get("groups", {}).get(g)
@@ -362,6 +422,13 @@ def _results_table(
                 text += f" ± {_pct(s)}"
             if paper:
                 text += f' <span class="paper">({_pct(pv)})</span>'
+            cells.append(f"<td>{text}</td>")
+        if with_ma:
+            ba = b.get("balanced_accuracy") or {}
+            ba_std = (ba.get("std") or {}).get("total") if spread else None
+            text = _pct(ba.get("total")) if name in blocks else "–"
+            if ba_std is not None and name in blocks:
+                text += f" ± {_pct(ba_std)}"
             cells.append(f"<td>{text}</td>")
         label = _esc(name) + ("" if name in blocks else ' <span class="paper">(paper)</span>')
         out.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
@@ -374,18 +441,311 @@ def _per_attribute_table(methods: Mapping[str, Any], schema: Any) -> str:
     if not names:
         return ""
     ap = {n: (methods[n].get("average_precision") or {}).get("per_attribute") or {} for n in names}
-    head = "".join(f"<th>{_esc(n)} acc</th><th>{_esc(n)} AP</th>" for n in names)
+    ba = {n: (methods[n].get("balanced_accuracy") or {}).get("per_attribute") or {} for n in names}
+    head = "".join(
+        f"<th>{_esc(n)} acc</th><th>{_esc(n)} mA</th><th>{_esc(n)} AP</th>" for n in names
+    )
     out = [f"<table><thead><tr><th>attribute</th><th>group</th>{head}</tr></thead><tbody>"]
     for _g, idx in schema.groups:
         for i in idx:
             a = schema.names[i]
             cells = "".join(
-                f"<td>{_pct(methods[n]['per_attribute'].get(a))}</td><td>{_pct(ap[n].get(a))}</td>"
+                f"<td>{_pct(methods[n]['per_attribute'].get(a))}</td>"
+                f"<td>{_chance_cell(ba[n].get(a))}</td><td>{_pct(ap[n].get(a))}</td>"
                 for n in names
             )
             out.append(f"<tr><td>{_esc(a)}</td><td>{_esc(schema.group_of(i))}</td>{cells}</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _chance_cell(v: Any) -> str:
+    """A balanced accuracy, red and marked when it is within CHANCE_BAND of 50 %."""
+    from .reports import CHANCE_BAND
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if abs(float(v) - 0.5) <= CHANCE_BAND + 1e-12:
+        return f'<span class="chance" title="at chance">{_pct(v)} (chance)</span>'
+    return _pct(v)
+
+
+def _thumbnail(image: Any, size: int = 160) -> str:
+    """A PIL image as a ``data:image/jpeg;base64`` URI, at most ``size`` pixels a side."""
+    img = image.convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=82)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def pick_examples(
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    members: Sequence[int],
+    per_kind: int = 3,
+) -> tuple[list[int], list[int]]:
+    """(most confidently right, most confidently wrong) images for one group of attributes.
+
+    The decision is p >= threshold; confidence c = |p − threshold| (N, M). Right: every labelled
+    member attribute decided correctly, ranked by the mean c over them. Wrong: at least one
+    labelled member decided wrongly, ranked by the largest c among the wrong ones. At most
+    ``per_kind`` image indices each, most confident first.
+    """
+    idx = list(members)
+    p = np.asarray(probs, dtype=np.float32)[:, idx]
+    t = np.asarray(thresholds, dtype=np.float32)[idx]
+    labelled = np.asarray(mask, dtype=bool)[:, idx] & (np.asarray(targets)[:, idx] != 0)
+    correct = (p >= t) == (np.asarray(targets)[:, idx] > 0)
+    conf = np.abs(p - t)
+    n_lab = labelled.sum(axis=1)
+    wrong_any = (labelled & ~correct).any(axis=1)
+    right = (n_lab > 0) & ~wrong_any
+    mean_conf = np.where(labelled, conf, 0.0).sum(axis=1) / np.maximum(n_lab, 1)
+    worst = np.where(labelled & ~correct, conf, -1.0).max(axis=1)
+
+    def top(sel: np.ndarray, key: np.ndarray) -> list[int]:
+        cand = np.flatnonzero(sel)
+        return [int(i) for i in cand[np.argsort(-key[cand], kind="stable")][:per_kind]]
+
+    return top(right, mean_conf), top(wrong_any, worst)
+
+
+def _example_card(
+    dataset: Any,
+    i: int,
+    members: Sequence[int],
+    schema: Any,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    wrong: bool,
+) -> str:
+    path = dataset.image_path(i) if hasattr(dataset, "image_path") else None
+    ident = path.name if path is not None else f"test image #{i}"
+    lines = []
+    for j in members:
+        pred = bool(np.float32(probs[i, j]) >= np.float32(thresholds[j]))
+        known = bool(mask[i, j]) and targets[i, j] != 0
+        truth = bool(targets[i, j] > 0) if known else None
+        if not pred and not truth and not (known and pred != truth):
+            continue  # neither predicted nor present: not listed
+        true_text = "?" if truth is None else ("yes" if truth else "no")
+        text = (
+            f"{schema.names[j]}: {'yes' if pred else 'no'} (p={float(probs[i, j]):.2f}), "
+            f"true {true_text}"
+        )
+        bad = known and pred != truth
+        lines.append(
+            f'<div class="err">✗ {_esc(text)}</div>' if bad else f"<div>{_esc(text)}</div>"
+        )
+    if not lines:
+        lines.append("<div>none of the group's attributes predicted or present</div>")
+    try:
+        src = _thumbnail(dataset.load_image(i))
+    except Exception as e:  # noqa: BLE001 - one unreadable image must not sink the report
+        log.warning("no thumbnail for %s: %s", ident, e)
+        src = None
+    img = f'<img src="{src}" alt="{_esc(ident)}">' if src else ""
+    kind = "ex wrong" if wrong else "ex"
+    return f'<div class="{kind}">{img}<div class="id">{_esc(ident)}</div>{"".join(lines)}</div>'
+
+
+def _examples_section(
+    dataset: Any,
+    method: str,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    schema: Any,
+    per_kind: int = 3,
+) -> str:
+    from .reports import HOW_TO
+
+    parts = [
+        f"<p>{_esc(method)} on {len(dataset)} test photos: per group, the {per_kind} it is most "
+        f"sure it got right and the {per_kind} it got wrong most confidently.</p>"
+    ]
+    for g, members in schema.groups:
+        right, wrong = pick_examples(probs, thresholds, targets, mask, members, per_kind)
+        cards = [
+            _example_card(dataset, i, members, schema, probs, thresholds, targets, mask, False)
+            for i in right
+        ] + [
+            _example_card(dataset, i, members, schema, probs, thresholds, targets, mask, True)
+            for i in wrong
+        ]
+        parts.append(f"<h3>{_esc(g)}</h3>")
+        if not cards:
+            parts.append('<p class="note">No labelled test photo for this group.</p>')
+            continue
+        if not wrong:
+            cards.append('<div class="ex"><div>no mistake in this group</div></div>')
+        parts.append(f'<div class="examples">{"".join(cards)}</div>')
+    parts.append(f'<p class="how">{_esc(HOW_TO["examples"])}</p>')
+    return "".join(parts)
+
+
+def _decisions_table(
+    method: str,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    schema: Any,
+) -> str:
+    """Per attribute: threshold, confusion counts TP FP FN TN, accuracy and balanced accuracy of
+    the decisions p >= threshold (as ``apcnn predict`` makes them)."""
+    head = (
+        "<th>attribute</th><th>group</th><th>threshold</th><th>TP</th><th>FP</th><th>FN</th>"
+        "<th>TN</th><th>accuracy</th><th>mA</th>"
+    )
+    out = [
+        f"<p>{_esc(method)} on the test split, deciding as <code>apcnn predict</code> does: "
+        "present iff the calibrated probability p &gt;= the attribute's threshold (saved in the "
+        "checkpoint). TP: predicted and present, FP: predicted but absent, FN: missed, TN: "
+        "correctly absent; missing labels are not counted.</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>",
+    ]
+    decided = np.asarray(probs, dtype=np.float32) >= np.asarray(thresholds, dtype=np.float32)
+    for g, members in schema.groups:
+        for j in members:
+            sel = np.asarray(mask[:, j], dtype=bool) & (targets[:, j] != 0)
+            y, d = targets[sel, j] > 0, decided[sel, j]
+            tp, fp = int(np.sum(d & y)), int(np.sum(d & ~y))
+            fn, tn = int(np.sum(~d & y)), int(np.sum(~d & ~y))
+            n = tp + fp + fn + tn
+            acc = (tp + tn) / n if n else None
+            recalls = ([tp / (tp + fn)] if tp + fn else []) + ([tn / (tn + fp)] if tn + fp else [])
+            ba = float(np.mean(recalls)) if recalls else None
+            out.append(
+                f"<tr><td>{_esc(schema.names[j])}</td><td>{_esc(g)}</td>"
+                f"<td>{float(thresholds[j]):.3f}</td><td>{tp}</td><td>{fp}</td><td>{fn}</td>"
+                f"<td>{tn}</td><td>{_pct(acc)}</td><td>{_chance_cell(ba)}</td></tr>"
+            )
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def label_counts(datasets: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per split: (M, 3) int counts of positive, negative and missing labels per attribute."""
+    out = {}
+    for name, ds in datasets.items():
+        t = np.asarray(ds.targets)
+        m = np.asarray(ds.mask, dtype=bool) & (t != 0)
+        pos = np.sum(m & (t > 0), axis=0)
+        neg = np.sum(m & (t < 0), axis=0)
+        out[name] = np.stack([pos, neg, t.shape[0] - pos - neg], axis=1).astype(np.int64)
+    return out
+
+
+def _label_counts_table(datasets: Mapping[str, Any], schema: Any) -> str:
+    counts = label_counts(datasets)
+    splits = [s for s in ("train", "val", "test") if s in counts] + [
+        s for s in counts if s not in ("train", "val", "test")
+    ]
+    head = "".join(f"<th>{_esc(s)} (+ / − / ?)</th>" for s in splits)
+    sizes = "".join(f"<td>{len(datasets[s])} images</td>" for s in splits)
+    out = [
+        "<p>Labels per split: positive / negative / missing (missing labels are left out of "
+        "training and of every metric). An attribute with few positives in a split gives noisy "
+        "figures there.</p>",
+        f"<table><thead><tr><th>attribute</th><th>group</th>{head}</tr></thead><tbody>",
+        f"<tr><td><b>all attributes</b></td><td></td>{sizes}</tr>",
+    ]
+    for g, members in schema.groups:
+        for j in members:
+            cells = "".join(
+                "<td>{} / {} / {}</td>".format(*counts[s][j])
+                if j < len(counts[s])
+                else "<td>–</td>"
+                for s in splits
+            )
+            out.append(f"<tr><td>{_esc(schema.names[j])}</td><td>{_esc(g)}</td>{cells}</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _solver_history_png(calls: Sequence[Sequence[float]], method: str) -> bytes:
+    """Objective per outer iteration, solver calls one after the other, a dashed line where a
+    new call starts (its objective is on new features: the jump is expected)."""
+    fig = _figure(6.5, 3.6)
+    ax = fig.add_subplot()
+    x0 = 0
+    for k, call in enumerate(calls):
+        y = np.asarray(call, dtype=np.float64).ravel()
+        if not y.size:
+            continue
+        x = np.arange(x0 + 1, x0 + y.size + 1)
+        ax.plot(x, y, marker="o" if y.size < 40 else None, ms=3, color="C0")
+        if k:
+            ax.axvline(x0 + 0.5, color="#999", ls="--", lw=0.8)
+        x0 += y.size
+    ys = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in calls if len(c)])
+    ys = ys[np.isfinite(ys)]
+    if ys.size and ys.min() > 0 and ys.max() > 20 * ys.min():
+        ax.set_yscale("log")
+    ax.set_xlabel(f"outer iteration ({len(calls)} solver call{'s' if len(calls) != 1 else ''})")
+    ax.set_ylabel("objective (eq. 2)")
+    ax.set_title(f"{method}: solver objective", fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _score_run(
+    checkpoints: Mapping[str, str | Path], split: str, root: str | None, device: str, score: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every split of the run's data (for the label counts) and, when ``score``, each checkpoint
+    on ``split``: ``{"dataset", "scores", "probs", "thresholds": {method: ...}, "targets",
+    "mask"}`` (probabilities calibrated, thresholds as saved in each checkpoint)."""
+    import torch
+
+    from .predictor import load_predictor
+
+    loaded = {m: load_predictor(p) for m, p in checkpoints.items()}
+    cfg, splits = _split_datasets(next(iter(loaded.values()))[1], root)
+    if not score:
+        return {}, splits
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(splits)}")
+    dataset = splits[split]
+    scores = _score_loaded(loaded, checkpoints, dataset, cfg, device, None)
+    probs, thresholds = {}, {}
+    for method, (pred, _) in loaded.items():
+        with torch.inference_mode():
+            s = torch.from_numpy(scores[method]).to(pred.calibration)
+            probs[method] = pred.probabilities(s).float().cpu().numpy()
+        thresholds[method] = pred.threshold.float().cpu().numpy()
+    scored = {
+        "dataset": dataset,
+        "scores": scores,
+        "probs": probs,
+        "thresholds": thresholds,
+        "targets": np.asarray(dataset.targets),
+        "mask": np.asarray(dataset.mask, dtype=bool),
+    }
+    return scored, splits
+
+
+def _shown_method(scores: Mapping[str, Any]) -> str | None:
+    """The method whose examples and decisions the report shows: MG-CNN, else the last."""
+    if not scores:
+        return None
+    return "MG-CNN" if "MG-CNN" in scores else list(scores)[-1]
+
+
+def _why_not(data: Mapping[str, Any], pr_curves: bool, error: str | None) -> str:
+    if not data["checkpoints"]:
+        return "the run has no predictor checkpoints"
+    if error:
+        return error
+    if not pr_curves:
+        return "the checkpoints were not re-run on the data (pr_curves=False / --no-pr)"
+    return "no data"
 
 
 def write_html_report(
@@ -410,7 +770,16 @@ def write_html_report(
         markdown: also (re)write ``report.md`` and its PNGs with :func:`apcnn.reports.write_report`.
     """
     from . import __version__
-    from .reports import _plot_S, _plot_sharing, paper_for_schema, write_report
+    from .reports import (
+        HOW_TO,
+        MA_LEGEND,
+        _plot_S,
+        _plot_sharing,
+        chance_lines,
+        latent_rows_in_use,
+        paper_for_schema,
+        write_report,
+    )
 
     run = Path(run_dir)
     data = load_run(run)
@@ -448,14 +817,35 @@ def write_html_report(
         f"{schema.num_attributes} attributes in {len(schema.groups)} groups</p>"
     )
 
+    # ---------------------------------------------------------------- the data, scored once
+    # the test split (for examples, decisions and PR curves) and every split's labels
+    scored: dict[str, Any] = {}
+    splits: dict[str, Any] = {}
+    data_error = None
+    if data["checkpoints"]:
+        try:
+            scored, splits = _score_run(data["checkpoints"], split, root, device, pr_curves)
+        except Exception as e:  # noqa: BLE001 - the report still has everything else
+            log.warning("the %s split could not be scored: %s", split, e)
+            data_error = f"could not score the {split} split ({type(e).__name__}: {e})"
+
     # ---------------------------------------------------------------- results
     parts.append("<h2>Results</h2>")
     metric = headline or "score"
-    parts.append(f"<h3>{_esc(metric)} (%)</h3>" + _results_table(methods, paper))
+    with_ma = any(isinstance(b, Mapping) and b.get("balanced_accuracy") for b in methods.values())
+    head_label = f"{metric} and mA (%)" if with_ma else f"{metric} (%)"
+    parts.append(f"<h3>{_esc(head_label)}</h3>" + _results_table(methods, paper))
+    if with_ma:
+        parts.append(f'<p class="meta">{_esc(MA_LEGEND)}.</p>')
     if paper:
         parts.append(
             '<p class="paper">Paper numbers in parentheses: Abdulnabi et al. 2015, '
             "Table III (Clothing Attribute Dataset).</p>"
+        )
+    for line in chance_lines(methods):
+        parts.append(
+            f'<p class="note"><span class="chance">{_esc(line)}</span>: no better than always '
+            "answering the most common label, whatever the accuracy says.</p>"
         )
     for key, label in (
         ("balanced_accuracy", "Balanced accuracy (%)"),
@@ -484,6 +874,44 @@ def write_html_report(
             "</tbody></table>"
         )
 
+    # ---------------------------------------------------------------- examples, decisions
+    shown = _shown_method(scored.get("scores", {}))
+    parts.append("<h2>Examples</h2>")
+    if shown is None:
+        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>')
+    else:
+        sc = scored
+        parts.append(
+            _examples_section(
+                sc["dataset"],
+                shown,
+                sc["probs"][shown],
+                sc["thresholds"][shown],
+                sc["targets"],
+                sc["mask"],
+                schema,
+            )
+        )
+    parts.append("<h2>Decisions per attribute: thresholds and confusion counts</h2>")
+    if shown is None:
+        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>')
+    else:
+        parts.append(
+            _decisions_table(
+                shown,
+                scored["probs"][shown],
+                scored["thresholds"][shown],
+                scored["targets"],
+                scored["mask"],
+                schema,
+            )
+        )
+    parts.append("<h2>Labels per split</h2>")
+    if splits:
+        parts.append(_label_counts_table(splits, schema))
+    else:
+        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, True, data_error))}.</p>')
+
     # ---------------------------------------------------------------- per attribute
     per_png = run / "per_attribute.png"
     if markdown and per_png.is_file():
@@ -491,23 +919,28 @@ def write_html_report(
         caption = "Per-attribute accuracy by method, attributes ordered by group"
         if paper:
             caption += "; dashed: the paper's group means (it reports no per-attribute numbers)"
-        parts.append(_img(per_png.read_bytes(), "per-attribute scores", caption))
+        parts.append(
+            _img(per_png.read_bytes(), "per-attribute scores", caption, HOW_TO["per_attribute"])
+        )
 
     # ---------------------------------------------------------------- S and W
     if data["S"]:
         parts.append("<h2>Multi-task layer</h2>")
         parts.append(
-            "<p>|S| (latent tasks × attributes, columns ordered by group) and the "
+            "<p>|S| (latent tasks in use × attributes, columns ordered by group) and the "
             "attribute-sharing matrix: cosine similarity of the columns of W = L S.</p>"
         )
         for method in data["S"]:
+            S = data["S"][method]
+            used = latent_rows_in_use(S).size
             parts.append(f"<h3>{_esc(method)}</h3>")
             parts.append(
                 _img(
-                    _plot_to_png(_plot_S, data["S"][method], schema),
+                    _plot_to_png(_plot_S, S, schema),
                     f"|S| of {method}",
-                    f"{method}: |S|, shape "
-                    f"{data['S'][method].shape[0]} × {data['S'][method].shape[1]}",
+                    f"{method}: |S|, {used} of K = {S.shape[0]} latent tasks in use "
+                    f"(rows not all zero), {S.shape[1]} attributes",
+                    HOW_TO["S"],
                 )
             )
             parts.append(
@@ -515,6 +948,7 @@ def write_html_report(
                     _plot_to_png(_plot_sharing, data["W"][method], schema),
                     f"attribute sharing of {method}",
                     f"{method}: cos(w_a, w_b) of W's columns",
+                    HOW_TO["sharing"],
                 )
             )
 
@@ -522,47 +956,44 @@ def write_html_report(
     parts.append("<h2>Precision–recall curves</h2>")
     if not pr_curves:
         parts.append('<p class="note">Skipped (pr_curves=False / --no-pr).</p>')
-    elif not data["checkpoints"]:
-        parts.append('<p class="note">Skipped: the run has no predictor checkpoints.</p>')
+    elif not scored:
+        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>')
     else:
-        try:
-            scores, targets, mask = test_split_scores(
-                data["checkpoints"], split=split, root=root, device=device
-            )
-        except Exception as e:  # noqa: BLE001 - the report still has everything else
-            log.warning("precision-recall curves skipped: %s", e)
+        parts.append(
+            f"<p>On the {_esc(split)} split ({scored['targets'].shape[0]} images), raw "
+            "scores; missing labels excluded.</p>"
+        )
+        for method, sc in scored["scores"].items():
             parts.append(
-                f'<p class="note">Skipped: could not score the {_esc(split)} split '
-                f"({_esc(type(e).__name__)}: {_esc(e)}).</p>"
-            )
-        else:
-            parts.append(
-                f"<p>On the {_esc(split)} split ({targets.shape[0]} images), raw "
-                "scores; missing labels excluded.</p>"
-            )
-            for method, s in scores.items():
-                parts.append(
-                    _img(
-                        _pr_curves(s, targets, mask, schema, method),
-                        f"precision-recall curves of {method}",
-                        f"{method}: precision–recall per attribute, one panel per group",
-                    )
+                _img(
+                    _pr_curves(sc, scored["targets"], scored["mask"], schema, method),
+                    f"precision-recall curves of {method}",
+                    f"{method}: precision–recall per attribute, one panel per group",
+                    HOW_TO["pr"],
                 )
+            )
 
     # ---------------------------------------------------------------- training curves
     parts.append("<h2>Training</h2>")
     curves = _training_curves(data["rows"])
     if curves:
         parts.append(
-            _img(curves, "training curves", "From metrics.jsonl: per SGD epoch and per solver call")
+            _img(
+                curves,
+                "training curves",
+                "From metrics.jsonl: per SGD epoch and per solver call",
+                HOW_TO["training"],
+            )
         )
-    obj_png = run / "objective.png"
-    if markdown and history and obj_png.is_file():
+    calls = data["history_calls"].get(last) if last else None
+    if history and calls:
         parts.append(
             _img(
-                obj_png.read_bytes(),
+                _solver_history_png(calls, last),
                 "solver objective history",
-                f"{last}: objective of eq. 2 over the solver's outer iterations",
+                f"{last}: objective of eq. 2 over the solver's outer iterations; dashed lines: "
+                "a new solver call",
+                HOW_TO["objective"],
             )
         )
     if not curves and not history:

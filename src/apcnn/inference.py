@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data.schema import AttributeSchema
@@ -37,16 +38,34 @@ def checkpoint_dataset(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, *, root: str | None = None, split: str = "test"
+    checkpoint: str | Path,
+    *,
+    root: str | None = None,
+    split: str = "test",
+    allow_overlap: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a predictor checkpoint on a split of the dataset it was trained on."""
+    """Metrics of a predictor checkpoint on a split of the dataset it was trained on.
+
+    The data is checked against the model first:
+
+    - the split is the one recorded in the checkpoint (``split_ids``: the sample ids of each
+      split at training time) whenever the data still holds all of its images, so ``--root``
+      with added images does not rebuild a different split (:func:`recorded_split`);
+    - attributes are matched by name, the dataset's columns put in the checkpoint's order;
+      missing or extra attributes are named (:func:`match_attributes`);
+    - an evaluated split that shares images with the checkpoint's train or val split is refused
+      unless ``allow_overlap`` (then a loud warning: the metrics are optimistic).
+    """
     from .features import extract_features
     from .metrics import attribute_metrics, method_block
     from .predictor import load_predictor
     from .reports import format_table
 
     predictor, meta = load_predictor(checkpoint)
-    cfg, dataset = checkpoint_dataset(meta, split=split, root=root)
+    schema = AttributeSchema.from_dict(meta["schema"])
+    cfg, source, indices = _checkpoint_split(meta, split=split, root=root)
+    dataset = match_attributes(source.subset(indices), schema, checkpoint)
+    check_overlap(dataset.sample_ids, meta, split, checkpoint, allow=allow_overlap)
     device = resolve_device(cfg.train.device)
     predictor.to(device)
     scores = extract_features(
@@ -58,17 +77,116 @@ def evaluate_checkpoint(
         amp=False,
         progress=True,
     ).numpy()
-    schema = AttributeSchema.from_dict(meta["schema"])
     metrics = attribute_metrics(scores, dataset.targets, dataset.mask, schema)
     method = meta.get("method", "model")
     block = {"methods": {method: method_block([metrics], schema)}}
     return {"metrics": metrics, "table": format_table(block, None)}
 
 
-def predict_images(checkpoint: str | Path, images: list[str]) -> list[dict[str, Any]]:
-    """Per image: per attribute score, calibrated probability and decision."""
+def _checkpoint_split(meta: dict[str, Any], *, split: str, root: str | None) -> tuple:
+    """(config, source dataset, indices) of ``split``: the recorded sample ids when the source
+    holds them all, else the split rebuilt from the checkpoint's config (with a warning when the
+    checkpoint recorded another one)."""
+    from .config import TrainConfig, config_from_dict
+    from .predictor import checkpoint_spec
+
+    transform = checkpoint_spec(meta).eval_transform()
+    cfg = config_from_dict(TrainConfig, meta["config"])
+    if root is not None:
+        cfg.data.root = root
+    datasets = build_datasets(cfg, transform)
+    if split not in datasets:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
+    source, indices = datasets[split]
+    recorded = (meta.get("split_ids") or {}).get(split)
+    if recorded is not None:
+        rows = recorded_split(source, recorded, split)
+        if rows is not None:
+            return cfg, source, rows
+    return cfg, source, indices
+
+
+def recorded_split(source: Any, recorded: list[str], split: str) -> np.ndarray | None:
+    """Rows of ``source`` holding the ``recorded`` sample ids, in that order; None (with a
+    warning) when some are missing: the data is not the one the checkpoint was trained on."""
+    import warnings
+
+    where: dict[str, int] = {}
+    for i, sid in enumerate(source.sample_ids.tolist()):
+        where.setdefault(sid, i)
+    missing = [sid for sid in recorded if sid not in where]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of the {len(recorded)} {split} images recorded in the checkpoint "
+            f"are not in this data (first: {missing[0]}); evaluating the {split} split rebuilt "
+            "from the data instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return np.asarray([where[sid] for sid in recorded], dtype=np.int64)
+
+
+def match_attributes(dataset: Any, schema: AttributeSchema, checkpoint: Any) -> Any:
+    """``dataset`` with its label columns in the order of the checkpoint's ``schema`` (matched by
+    name); :class:`ValueError` naming the missing and extra attributes when the names differ."""
+    have = list(dataset.schema.names)
+    want = list(schema.names)
+    if have == want:
+        return dataset
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing or extra:
+        raise ValueError(
+            f"{checkpoint}: the data's attributes differ from the checkpoint's (missing: "
+            f"{', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'}); evaluate on data "
+            "labelled with the attributes the model predicts"
+        )
+    order = [have.index(n) for n in want]
+    dataset.targets = dataset.targets[:, order]
+    dataset.mask = dataset.mask[:, order]
+    dataset.schema = schema
+    return dataset
+
+
+def check_overlap(
+    ids: Any, meta: dict[str, Any], split: str, checkpoint: Any, *, allow: bool
+) -> None:
+    """Refuse (or, with ``allow``, warn loudly) when the evaluated images include images the
+    checkpoint was trained or validated on (its recorded ``split_ids``)."""
+    import sys
+
+    recorded = meta.get("split_ids") or {}
+    seen = {name: set(recorded.get(name) or ()) for name in ("train", "val") if name != split}
+    ids = set(np.asarray(ids).tolist())
+    shared = {name: len(ids & s) for name, s in seen.items() if ids & s}
+    if not shared:
+        return
+    what = ", ".join(f"{n} with its {name} split" for name, n in shared.items())
+    message = (
+        f"{checkpoint}: the {split} split shares images with the data the model was trained on "
+        f"({what}); its metrics would be optimistic"
+    )
+    if not allow:
+        raise ValueError(f"{message}; pass --allow-overlap to evaluate anyway")
+    print(f"WARNING: {message} (--allow-overlap)", file=sys.stderr)
+
+
+def predict_images(
+    checkpoint: str | Path, images: list[str], *, threshold: float | None = None
+) -> list[dict[str, Any]]:
+    """Per image: per attribute score, calibrated probability p, threshold and decision.
+
+    The decision is p >= threshold: the checkpoint's per-attribute thresholds (0.5 for a
+    checkpoint without any), or ``threshold`` for every attribute when given.
+    """
     from .data.images import open_rgb
-    from .predictor import checkpoint_spec, decisions_from_scores, load_predictor
+    from .predictor import (
+        checkpoint_spec,
+        decisions_from_scores,
+        load_predictor,
+        resolve_thresholds,
+    )
 
     predictor, meta = load_predictor(checkpoint)
     transform = checkpoint_spec(meta, checkpoint).eval_transform()
@@ -77,7 +195,8 @@ def predict_images(checkpoint: str | Path, images: list[str]) -> list[dict[str, 
         scores = predictor(batch)
         probs = predictor.probabilities(scores)
     schema = AttributeSchema.from_dict(meta["schema"])
-    items = decisions_from_scores(scores.numpy(), probs.numpy(), schema)
+    thresholds, _ = resolve_thresholds(predictor.threshold, schema.num_attributes, threshold)
+    items = decisions_from_scores(scores.numpy(), probs.numpy(), schema, thresholds)
     for path, item in zip(images, items):
         item["image"] = str(path)
     return items

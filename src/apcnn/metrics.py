@@ -2,7 +2,10 @@
 
 Inputs (NumPy arrays or torch tensors):
 
-- ``scores``: (N, M) real decision values f_m(i); the decision is ``+1 iff score > 0``.
+- ``scores``: (N, M) real decision values f_m(i); the decision is ``+1 iff score > 0`` unless
+  ``decisions`` (N, M) bool are given (e.g. a predictor's ``p >= threshold``, the rule
+  ``apcnn predict`` uses: :meth:`apcnn.predictor.AttributePredictor.decisions`); average
+  precision always ranks the scores.
 - ``targets``: (N, M) in {-1, +1}; entries outside ``mask`` may hold anything (0, NaN).
 - ``mask``: (N, M) bool, True = labelled. ``None``: finite, non-zero targets are labelled.
 
@@ -73,9 +76,12 @@ def _prepare(
     return s, np.where(m, t, 0.0), m
 
 
-def binary_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+def binary_metrics(
+    scores: np.ndarray, targets: np.ndarray, decisions: np.ndarray | None = None
+) -> dict[str, float]:
     """Metrics of one attribute from 1-D ``scores`` and ``targets`` in {-1, +1} (all labelled).
 
+    ``decisions``: 1-D bool, the predicted positives (default ``scores > 0``).
     Returns ``{"accuracy", "balanced_accuracy", "average_precision", "f1", "n", "positives"}``.
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -84,7 +90,9 @@ def binary_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     nan = float("nan")
     if n == 0:
         return dict.fromkeys(METRICS, nan) | {"n": 0, "positives": 0}
-    pred = s > 0
+    pred = s > 0 if decisions is None else np.asarray(decisions, dtype=bool).ravel()
+    if pred.shape != y.shape:
+        raise ValueError(f"decisions {pred.shape} must have the shape of scores {y.shape}")
     tp = int(np.sum(pred & y))
     fp = int(np.sum(pred & ~y))
     fn = int(np.sum(~pred & y))
@@ -132,9 +140,17 @@ def multiclass_accuracy(
 
 
 def attribute_metrics(
-    scores: Any, targets: Any, mask: Any | None, schema: AttributeSchema
+    scores: Any,
+    targets: Any,
+    mask: Any | None,
+    schema: AttributeSchema,
+    *,
+    decisions: Any | None = None,
 ) -> dict[str, Any]:
     """All metrics of one evaluation (e.g. one test fold).
+
+    ``decisions``: (N, M) bool predicted positives for accuracy, balanced accuracy and F1
+    (default ``scores > 0``); average precision ranks ``scores`` either way.
 
     Returns::
 
@@ -156,7 +172,14 @@ def attribute_metrics(
             f"scores have {s.shape[1]} columns but the schema has {schema.num_attributes} "
             "attributes"
         )
-    per = [binary_metrics(s[m[:, j], j], t[m[:, j], j]) for j in range(s.shape[1])]
+    if decisions is not None:
+        d = _np(decisions, "decisions").astype(bool)
+        if d.shape != s.shape:
+            raise ValueError(f"decisions {d.shape} must have the shape of scores {s.shape}")
+    per = [
+        binary_metrics(s[m[:, j], j], t[m[:, j], j], None if decisions is None else d[m[:, j], j])
+        for j in range(s.shape[1])
+    ]
     out: dict[str, Any] = {}
     for metric in METRICS:
         values = [p[metric] for p in per]

@@ -22,13 +22,18 @@ from .models.spec import ModelSpec, model_fields
 
 FORMAT = "apcnn.predictor/1"
 
+#: decision threshold on the calibrated probability when a checkpoint stores none
+DEFAULT_THRESHOLD = 0.5
+
 
 class AttributePredictor(nn.Module):
     """images (B, 3, H, W) -> scores (B, M) = [x_m(i)^T L s_m + b_m]_m.
 
     ``cnn`` maps images to attribute-specific features (B, M, D); ``head`` is a
     :class:`~apcnn.models.latent.LatentTaskLayer`; ``calibration`` (2, M) holds the Platt slopes
-    and offsets turning scores into probabilities.
+    and offsets turning scores into probabilities; ``threshold`` (M,) the decision rule on them:
+    attribute m is present iff p_m >= threshold_m (:meth:`decisions`; default 0.5). Checkpoints
+    written before the threshold existed load with 0.5.
     """
 
     def __init__(self, cnn: nn.Module, head: nn.Module, num_attributes: int) -> None:
@@ -38,6 +43,12 @@ class AttributePredictor(nn.Module):
         calibration = torch.zeros(2, num_attributes)
         calibration[0] = 1.0
         self.register_buffer("calibration", calibration)
+        self.register_buffer("threshold", torch.full((num_attributes,), DEFAULT_THRESHOLD))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # checkpoints and training states written before the threshold existed: keep 0.5
+        state_dict.setdefault(prefix + "threshold", self.threshold.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self._to_head(self.cnn(images)))
@@ -50,7 +61,12 @@ class AttributePredictor(nn.Module):
         return features.to(self.head.L.dtype)
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores (B, M) -> calibrated probabilities sigmoid(a_m * score + c_m) (B, M)."""
         return torch.sigmoid(scores * self.calibration[0] + self.calibration[1])
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """probabilities (B, M) -> bool (B, M): p_m >= threshold_m, the one decision rule."""
+        return probabilities >= self.threshold.to(probabilities.dtype)
 
 
 def build_predictor(spec: ModelSpec | Mapping[str, Any], *, pretrained: bool) -> AttributePredictor:
@@ -148,10 +164,26 @@ def load_predictor(path: str | Path) -> tuple[AttributePredictor, dict[str, Any]
         )
     spec = checkpoint_spec(meta, path)
     try:
+        names = AttributeSchema.from_dict(meta["schema"]).names
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid attribute schema ({exc})") from None
+    if len(names) != spec.num_attributes:
+        raise CheckpointError(
+            f"{path}: its schema names {len(names)} attributes but the model has "
+            f"{spec.num_attributes} outputs; the checkpoint's meta.json was edited or is damaged"
+        )
+    try:
         predictor = build_predictor(spec, pretrained=False)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    missing, unexpected = predictor.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = predictor.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # "size mismatch for head.L: copying a param with shape ..."
+        lines = [x.strip() for x in str(exc).splitlines() if "size mismatch" in x]
+        first = lines[0] if lines else str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"{path}: tensor shapes disagree with the model its meta.json describes ({first})"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the architecture it names "
@@ -161,20 +193,64 @@ def load_predictor(path: str | Path) -> tuple[AttributePredictor, dict[str, Any]
     return predictor, meta
 
 
+def resolve_thresholds(
+    stored: Any, num_attributes: int, override: float | None = None
+) -> tuple[np.ndarray, str]:
+    """The (M,) float32 decision thresholds and where they come from.
+
+    ``override`` (``apcnn predict --threshold T``) replaces every attribute's threshold with T
+    (``"--threshold"``); else ``stored`` (a checkpoint's ``threshold`` buffer or an ONNX
+    sidecar's ``thresholds``) is used (``"checkpoint"``); None: :data:`DEFAULT_THRESHOLD`
+    (``"default"``).
+    """
+    if override is not None:
+        t = float(override)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1] (a probability), got {t}")
+        return np.full(num_attributes, t, dtype=np.float32), "--threshold"
+    if stored is None:
+        return np.full(num_attributes, DEFAULT_THRESHOLD, dtype=np.float32), "default"
+    if hasattr(stored, "detach"):
+        stored = stored.detach().cpu().numpy()
+    arr = np.asarray(stored, dtype=np.float32).reshape(-1)
+    if arr.shape != (num_attributes,):
+        raise ValueError(f"{arr.size} thresholds stored for {num_attributes} attributes")
+    return arr, "checkpoint"
+
+
+def describe_thresholds(thresholds: np.ndarray, source: str) -> str:
+    """One line for ``apcnn predict``: ``decision: p >= 0.5 (default)`` or per-attribute."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    value = f"{t[0]:g}" if t.size and np.all(t == t[0]) else "each attribute's threshold"
+    return f"decision: p >= {value} ({source})"
+
+
 def decisions_from_scores(
-    scores: np.ndarray, probabilities: np.ndarray, schema: AttributeSchema
+    scores: np.ndarray,
+    probabilities: np.ndarray,
+    schema: AttributeSchema,
+    thresholds: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Per sample: attribute -> {score, probability, decision}, multi-class attribute -> label."""
+    """Per sample: attribute -> {score, probability, threshold, decision}, multi-class
+    attribute -> label.
+
+    The decision is ``probability >= threshold`` (float32, as the ONNX graph compares);
+    ``thresholds`` (M,), default :data:`DEFAULT_THRESHOLD` everywhere.
+    """
+    p32 = np.asarray(probabilities, dtype=np.float32)
+    t32, _ = resolve_thresholds(thresholds, p32.shape[1])
+    decided = p32 >= t32
     out = []
-    for s_row, p_row in zip(scores, probabilities):
+    for s_row, p_row, d_row in zip(scores, probabilities, decided):
         item: dict[str, Any] = {
             "attributes": {
                 name: {
                     "score": float(s),
                     "probability": float(p),
-                    "decision": bool(s > 0),
+                    "threshold": float(t),
+                    "decision": bool(d),
                 }
-                for name, s, p in zip(schema.names, s_row, p_row)
+                for name, s, p, t, d in zip(schema.names, s_row, p_row, t32, d_row)
             }
         }
         if schema.multiclass:

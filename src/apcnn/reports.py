@@ -1,8 +1,11 @@
 """Results tables and the Markdown report with its figures.
 
 :func:`format_table` turns the ``methods`` of a ``results.json`` (docs/design.md section 3) into a
-fixed-width table of percentages (methods x groups + total), ``mean ± std`` when a method block
-has ``std``, the paper's numbers in parentheses next to ours when ``paper`` is given.
+fixed-width table of percentages (methods x groups + total, then mA: the mean balanced accuracy
+beside the accuracy), ``mean ± std`` when a method block has a spread over several folds, the
+paper's numbers in parentheses next to ours when ``paper`` is given, and a line naming the
+attributes at chance (:func:`at_chance`): a model that always predicts the majority class has a
+high accuracy on a skewed attribute but a balanced accuracy of exactly 50 %.
 :func:`write_report` writes ``OUT/report.md`` plus PNG figures next to it (matplotlib's Agg
 renderer through the object API: no pyplot, no global backend switch).
 """
@@ -23,6 +26,8 @@ __all__ = [
     "PAPER_TABLE_III",
     "PAPER_METHODS",
     "format_table",
+    "at_chance",
+    "CHANCE_BAND",
     "write_report",
     "paper_for_schema",
     "paper_comparison",
@@ -65,6 +70,15 @@ PAPER_METHODS: dict[str, str] = {
 
 _DASH = "-"
 
+#: an attribute whose balanced accuracy lies within this of 0.5 is flagged "at chance"
+CHANCE_BAND = 0.02
+
+#: the legend under a table with an mA column
+MA_LEGEND = (
+    "mA: mean balanced accuracy, (TPR + TNR) / 2 per attribute then the mean; 50 = chance, "
+    "whatever the class balance"
+)
+
 
 def paper_for_schema(schema: AttributeSchema) -> dict[str, dict[str, Any]] | None:
     """PAPER_TABLE_III when ``schema`` has exactly the paper's Clothing groups, else None."""
@@ -89,6 +103,62 @@ def _pct(x: Any) -> str:
     return f"{100 * float(x):.2f}"
 
 
+def _balanced(block: Any) -> Mapping[str, Any] | None:
+    """The balanced-accuracy summary of a method block (the block itself when it is one)."""
+    if not isinstance(block, Mapping):
+        return None
+    if block.get("metric") == "balanced_accuracy":
+        return block
+    b = block.get("balanced_accuracy")
+    return b if isinstance(b, Mapping) else None
+
+
+def _has_spread(block: Mapping[str, Any]) -> bool:
+    """True when ``block`` has a standard deviation to show (several folds), not just ``std``
+    entries that are all None (one evaluation)."""
+    std = block.get("std") or {}
+    values = [std.get("total"), *(std.get("groups") or {}).values()]
+    return any(not _missing(v) for v in values)
+
+
+def at_chance(
+    results: Mapping[str, Any], band: float = CHANCE_BAND
+) -> dict[str, list[tuple[str, float]]]:
+    """Per method, the attributes whose balanced accuracy is within ``band`` of 0.5.
+
+    ``results``: a ``results.json`` dict or its ``methods``; a method block's balanced accuracy
+    is its ``balanced_accuracy`` sub-block (or the block itself when that is its metric).
+    Returns ``{method: [(attribute, balanced accuracy), ...]}`` for methods with any such
+    attribute: their decisions carry no information beyond the class frequencies (e.g. the
+    majority class for every image).
+    """
+    out: dict[str, list[tuple[str, float]]] = {}
+    for name, block in _methods(results).items():
+        ba = _balanced(block)
+        per = (ba or {}).get("per_attribute") or {}
+        flagged = [
+            (attr, float(v))
+            for attr, v in per.items()
+            if not _missing(v) and abs(float(v) - 0.5) <= band + 1e-12
+        ]
+        if flagged:
+            out[name] = flagged
+    return out
+
+
+def chance_lines(results: Mapping[str, Any], band: float = CHANCE_BAND) -> list[str]:
+    """``at chance (...): a, b`` lines, one per method with attributes at chance."""
+    lines = []
+    for name, flagged in at_chance(results, band).items():
+        n = len(((_balanced(_methods(results)[name]) or {}).get("per_attribute")) or {})
+        attrs = ", ".join(a for a, _ in flagged)
+        lines.append(
+            f"at chance ({name}, balanced accuracy within {100 * band:.0f} points of 50 %, "
+            f"{len(flagged)} of {n}): {attrs}"
+        )
+    return lines
+
+
 def _cell(value: Any, std: Any, paper: Any, with_paper: bool) -> str:
     text = _pct(value)
     if text != _DASH and not _missing(std):
@@ -104,19 +174,24 @@ def format_table(
     *,
     key: str | None = None,
     title: str | None = None,
+    flags: bool = True,
 ) -> str:
-    """A fixed-width table: one row per method, one column per group, then ``total``.
+    """A fixed-width table: one row per method, one column per group, then ``total`` and ``mA``.
 
     Args:
         results: a ``results.json`` dict (with ``"methods"``) or its ``methods`` mapping
-            ``{method: {"total", "groups", ["std"], ...}}``.
+            ``{method: {"total", "groups", ["std"], ["balanced_accuracy"], ...}}``.
         paper: reference numbers in the same shape (e.g. :data:`PAPER_TABLE_III`), shown in
             parentheses after ours; methods only in ``paper`` get rows of their own.
         key: show the sub-block ``method[key]`` (e.g. ``"balanced_accuracy"``) instead of the
             headline metric.
-        title: first line; default names the metric.
+        title: first line; default names the metric (a given "accuracy (%)" becomes "accuracy
+            and mA (%)" when the mA column is there).
+        flags: add the ``mA`` legend and the ``at chance`` lines (:func:`chance_lines`) below.
 
-    Cells are percentages with two decimals, ``mean ± std`` where the block has ``std``.
+    Cells are percentages with two decimals, ``mean ± std`` where the block has a spread over
+    several folds. The ``mA`` column (mean balanced accuracy, beside the headline accuracy) is
+    there when ``key`` is None and a method block has a ``balanced_accuracy`` sub-block.
     """
     methods = _methods(results)
     blocks: dict[str, Mapping[str, Any]] = {}
@@ -133,13 +208,18 @@ def format_table(
     # with a reference: the paper's row order (S-extract ... MG-CNN, CRF), then our other methods
     names = [p for p in paper] + [n for n in blocks if n not in paper] if paper else list(blocks)
     with_paper = bool(paper)
+    with_ma = key is None and any(
+        b.get("metric") != "balanced_accuracy" and isinstance(b.get("balanced_accuracy"), Mapping)
+        for b in blocks.values()
+    )
+    spread = any(_has_spread(b) for b in blocks.values())
 
-    header = ["method", *groups, "total"]
+    header = ["method", *groups, "total"] + (["mA"] if with_ma else [])
     rows = []
     for name in names:
         b = blocks.get(name, {})
         p = paper.get(name, {})
-        std = b.get("std") or {}
+        std = (b.get("std") or {}) if spread else {}
         cells = [name]
         for g in groups:
             cells.append(
@@ -151,6 +231,10 @@ def format_table(
                 )
             )
         cells.append(_cell(b.get("total"), std.get("total"), p.get("total"), with_paper))
+        if with_ma:
+            ba = b.get("balanced_accuracy") or {}
+            ba_std = ((ba.get("std") or {}).get("total")) if spread else None
+            cells.append(_cell(ba.get("total"), ba_std, None, False))
         rows.append(cells)
 
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -163,12 +247,20 @@ def format_table(
     if title is None:
         metric = key or next((b.get("metric") for b in blocks.values() if b.get("metric")), None)
         title = f"{metric or 'score'} (%)"
-        if any(b.get("std") for b in blocks.values()):
+        if with_ma:
+            title = f"{metric or 'score'} and mA (%)"
+        if spread:
             title += ", mean ± std over folds"
         if with_paper:
             title += "; (paper)"
+    elif with_ma and "mA" not in title:  # a caller's "accuracy (%) on ..." names both columns
+        title = title.replace("accuracy (%)", "accuracy and mA (%)", 1)
     out = [title, line(header), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
+    if flags and with_ma:
+        out.append(MA_LEGEND)
+    if flags and key is None:
+        out += chance_lines({n: methods[n] for n in blocks})
     return "\n".join(out)
 
 
@@ -262,17 +354,33 @@ def _plot_per_attribute(path: Path, methods, schema, paper, key: str | None) -> 
     return True
 
 
+def latent_rows_in_use(S: Any) -> np.ndarray:
+    """Indices of the rows of S (K, M) that are not all zero: the latent tasks some attribute
+    uses (the group penalties of eq. 2 zero whole rows)."""
+    S = np.abs(_array(S, "S"))
+    return np.flatnonzero(S.max(axis=1) > 0) if S.size else np.arange(0)
+
+
 def _plot_S(path: Path, S: Any, schema: AttributeSchema) -> None:
+    """|S| (K, M), columns ordered by group, rows cropped to the latent tasks in use."""
     S = np.abs(_array(S, "S"))
     if S.shape[1] != schema.num_attributes:
         raise ValueError(f"S must be (K, {schema.num_attributes}), got {S.shape}")
     order, spans = _order(schema)
-    k, m = S.shape
+    k_total, m = S.shape
+    rows = latent_rows_in_use(S)
+    if rows.size == 0:  # all zero: show it as it is
+        rows = np.arange(k_total)
+    S = S[rows]
+    k = S.shape[0]
     fig = _figure(max(6.0, 0.3 * m + 2), min(10.0, max(3.5, 0.06 * k + 2)))
     ax = fig.add_subplot()
     im = ax.imshow(S[:, order], aspect="auto", interpolation="nearest", cmap="viridis")
     _group_axis(ax, schema, order, spans)
-    ax.set_ylabel(f"latent task k (K = {k})")
+    if k <= 40:
+        ax.set_yticks(range(k), [str(r) for r in rows], fontsize=7)
+    label = "latent task k" if k == k_total else f"latent task k ({k} of K = {k_total} in use)"
+    ax.set_ylabel(label if k != k_total else f"latent task k (K = {k_total})")
     fig.colorbar(im, ax=ax, label="|S[k, m]|")
     fig.savefig(path)
 
@@ -323,7 +431,48 @@ def _plot_history(path: Path, history: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------- report
+#: one sentence under every figure (report.md and report.html): how to read it
+HOW_TO: dict[str, str] = {
+    "per_attribute": (
+        "How to read it: one bar per attribute and method (test accuracy, attributes ordered by "
+        "group); higher is better, but read it with the mA column, since an attribute where one "
+        "answer is rare scores high by always giving the common one."
+    ),
+    "S": (
+        "How to read it: a column is an attribute, a row a latent task some attribute uses "
+        "(all-zero rows dropped); a bright cell means that attribute's classifier is built from "
+        "that latent task, so attributes bright in the same rows share features."
+    ),
+    "sharing": (
+        "How to read it: cell (a, b) is the cosine between two attributes' classifiers: red "
+        "(+1) means they are predicted from the same feature direction, blue (−1) from opposite "
+        "ones, white means unrelated; blocks on the diagonal are sharing within a group."
+    ),
+    "objective": (
+        "How to read it: the objective of eq. 2 over the solver's outer iterations, one solver "
+        "call after the other; it falls within a call and jumps up where a new call starts on "
+        "new features (after an SGD round), which is not divergence."
+    ),
+    "training": (
+        "How to read it: against the step of the training plan, the SGD loss (should fall), "
+        "the validation accuracy (should rise, then flatten) and the solver objective per call."
+    ),
+    "pr": (
+        "How to read it: one curve per attribute as its decision threshold sweeps from strict "
+        "to lenient; the closer to the top-right corner the better, a flat line at the "
+        "attribute's positive rate is chance, and AP is the area under the curve."
+    ),
+    "examples": (
+        "How to read it: each card is a test photo with the group's attributes that are "
+        "predicted or truly present; red lines are mistakes, p is the calibrated probability "
+        "and the decision is p >= the attribute's threshold."
+    ),
+}
+
+
 def _per_attribute_md(methods: Mapping[str, Any], schema: AttributeSchema, key: str | None) -> str:
+    """Markdown table: per attribute and method the accuracy and, where the blocks have it, the
+    balanced accuracy (``mA``), ``(chance)`` after one within :data:`CHANCE_BAND` of 50 %."""
     names = [
         n
         for n, b in methods.items()
@@ -332,17 +481,25 @@ def _per_attribute_md(methods: Mapping[str, Any], schema: AttributeSchema, key: 
     ]
     if not names:
         return ""
+    balanced = {n: ((_balanced(methods[n]) or {}).get("per_attribute") or {}) for n in names}
+    with_ma = key is None and any(balanced.values())
     order, _ = _order(schema)
+    head = [f"{n} acc | {n} mA" if with_ma else n for n in names]
     lines = [
-        "| attribute | group | " + " | ".join(names) + " |",
-        "|---|---|" + "---:|" * len(names),
+        "| attribute | group | " + " | ".join(head) + " |",
+        "|---|---|" + "---:|" * (len(names) * (2 if with_ma else 1)),
     ]
     for i in order:
         a = schema.names[i]
-        vals = [
-            _pct(((methods[n].get(key) if key else methods[n])["per_attribute"]).get(a))
-            for n in names
-        ]
+        vals = []
+        for n in names:
+            vals.append(
+                _pct(((methods[n].get(key) if key else methods[n])["per_attribute"]).get(a))
+            )
+            if with_ma:
+                v = balanced[n].get(a)
+                chance = not _missing(v) and abs(float(v) - 0.5) <= CHANCE_BAND + 1e-12
+                vals.append(_pct(v) + (" (chance)" if chance else ""))
         lines.append(f"| {a} | {schema.group_of(i)} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -362,7 +519,7 @@ def ordering_summary(methods: Mapping[str, Any]) -> str | None:
 
     def fmt(name: str, block: Mapping[str, Any]) -> str:
         std = (block.get("std") or {}).get("total")
-        spread = f" ± {100 * std:.2f}" if std is not None else ""
+        spread = f" ± {100 * std:.2f}" if not _missing(std) else ""
         return f"{name} {100 * block['total']:.2f}{spread}"
 
     holds = all(a["total"] < b["total"] for a, b in zip(blocks, blocks[1:]))
@@ -376,7 +533,7 @@ def ordering_summary(methods: Mapping[str, Any]) -> str | None:
     text = (
         f"The paper's ordering S-CNN < M-CNN < MG-CNN {verdict} here: "
         + ", ".join(fmt(n, b) for n, b in zip(PAPER_ORDER, blocks))
-        + " (mean ± std over folds)"
+        + (" (mean ± std over folds)" if any(_has_spread(b) for b in blocks) else "")
         + (f"; {'; '.join(steps)}." if steps else ".")
     )
     totals = {n: b["total"] for n, b in methods.items() if isinstance(b, Mapping) and "total" in b}
@@ -465,7 +622,21 @@ def write_report(
             for k, v in protocol.items()
         ]
         md.append("")
-    md += ["## Results", "", "```", format_table(methods, ref), "```", ""]
+    md += ["## Results", "", "```", format_table(methods, ref, flags=False), "```", ""]
+    if any(_balanced(b) for b in methods.values()):
+        md += [MA_LEGEND + ".", ""]
+    flagged = chance_lines(methods)
+    if flagged:
+        md += [
+            "**Attributes at chance** (their balanced accuracy is within "
+            f"{100 * CHANCE_BAND:.0f} points of 50 %: the model does no better than always "
+            "answering the majority class, whatever its accuracy):",
+            "",
+        ]
+        for name, attrs in at_chance(methods).items():
+            n = len((_balanced(methods[name]) or {}).get("per_attribute") or {})
+            md.append(f"- {name} ({len(attrs)} of {n}): " + ", ".join(a for a, _ in attrs))
+        md.append("")
     if ref:
         md += ["Paper numbers (in parentheses): Abdulnabi et al. 2015, Table III.", ""]
         comparison = paper_comparison(methods, ref)
@@ -501,13 +672,15 @@ def write_report(
 
     md += ["## Figures", ""]
     if _plot_per_attribute(out / "per_attribute.png", methods, schema, ref, None):
-        md += ["![per-attribute scores](per_attribute.png)", ""]
+        md += ["![per-attribute scores](per_attribute.png)", "", f"*{HOW_TO['per_attribute']}*", ""]
     if S is not None:
         _plot_S(out / "S_abs.png", S, schema)
         md += [
-            "Combination matrix |S| (latent tasks x attributes, columns by group):",
+            "Combination matrix |S| (latent tasks in use x attributes, columns by group):",
             "",
             "![|S|](S_abs.png)",
+            "",
+            f"*{HOW_TO['S']}*",
             "",
         ]
     if W is not None:
@@ -517,10 +690,12 @@ def write_report(
             "",
             "![attribute sharing](attribute_sharing.png)",
             "",
+            f"*{HOW_TO['sharing']}*",
+            "",
         ]
     if history is not None and len(history):
         _plot_history(out / "objective.png", history)
-        md += ["![objective history](objective.png)", ""]
+        md += ["![objective history](objective.png)", "", f"*{HOW_TO['objective']}*", ""]
     table = _per_attribute_md(methods, schema, None)
     if table:
         md += ["## Per-attribute scores (%)", "", table, ""]

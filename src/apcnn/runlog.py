@@ -42,6 +42,7 @@ __all__ = [
     "seed_everything",
     "seed_worker",
     "current_rank",
+    "progress",
 ]
 
 
@@ -304,7 +305,7 @@ class RunDir:
             fh.setFormatter(fmt)
             self._handlers.append(fh)
             if console:
-                sh = logging.StreamHandler(sys.stderr)
+                sh = _ConsoleHandler()
                 sh.setFormatter(logging.Formatter("%(message)s"))
                 self._handlers.append(sh)
         else:
@@ -362,3 +363,188 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, rank={self.rank})"
+
+
+# ------------------------------------------------------------------------------- progress bars
+#: ``APCNN_PROGRESS``: ``bar`` (tqdm), ``plain`` (periodic lines), ``off``; unset: ``bar`` when
+#: stderr is a terminal, else ``plain``. ``APCNN_PROGRESS_INTERVAL``: seconds between plain lines.
+PROGRESS_ENV = "APCNN_PROGRESS"
+INTERVAL_ENV = "APCNN_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL = 30.0
+
+
+def _progress_mode() -> str:
+    mode = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if mode in ("bar", "plain", "off"):
+        return mode
+    stream = sys.stderr
+    return "bar" if stream is not None and stream.isatty() else "plain"
+
+
+def progress(
+    iterable: Any = None,
+    *,
+    desc: str = "",
+    total: int | None = None,
+    unit: str = "it",
+    initial: int = 0,
+    leave: bool = False,
+    disable: bool = False,
+    interval: float | None = None,
+) -> Any:
+    """The one progress-bar factory of the package.
+
+    On a terminal: a ``tqdm`` bar (log lines of :class:`RunDir` go through ``tqdm.write``, so
+    they never garble it). Elsewhere (stderr redirected to a file or a pipe): a
+    :class:`PlainProgress` that writes one plain line (no carriage returns) every ``interval``
+    seconds (``APCNN_PROGRESS_INTERVAL``, default 30) and one at the end, with the same
+    information: ``desc: n/total (pct%) elapsed, rate, eta, postfix``. ``disable=True`` (e.g.
+    ranks > 0) or ``APCNN_PROGRESS=off``: nothing is shown. Both kinds support ``update``,
+    ``set_postfix``, ``set_postfix_str``, ``close``, iteration and ``with``.
+    """
+    mode = "off" if disable else _progress_mode()
+    if mode == "bar":
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, leave=leave)
+    if interval is None:
+        try:
+            interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
+        except ValueError:
+            interval = DEFAULT_INTERVAL
+    return PlainProgress(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        initial=initial,
+        interval=interval,
+        silent=mode == "off",
+    )
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class PlainProgress:
+    """A progress report for non-terminals: plain lines on stderr, never a carriage return.
+
+    A line is written when at least ``interval`` seconds passed since the last one (checked
+    at each ``update``) and at ``close`` (when anything happened): ``training: 12/40 (30%)
+    01:02 elapsed, 0.19 step/s, eta 02:24 [MG-CNN solve r1 e0]``.
+    """
+
+    def __init__(
+        self,
+        iterable: Any = None,
+        *,
+        desc: str = "",
+        total: int | None = None,
+        unit: str = "it",
+        initial: int = 0,
+        interval: float = DEFAULT_INTERVAL,
+        silent: bool = False,
+    ) -> None:
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable = iterable
+        self.desc, self.total, self.unit = desc, total, unit
+        self.n = self.start_n = int(initial)
+        self.interval = float(interval)
+        self.silent = silent
+        self.postfix = ""
+        self.start = self.last = time.monotonic()
+        self.lines_written = 0
+        self.closed = False
+
+    # the tqdm API used in the package ------------------------------------------------------
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self._emit(now)
+
+    def set_postfix(self, ordered_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "") -> None:
+        self.postfix = str(s)
+
+    def set_description(self, desc: str | None = None) -> None:
+        self.desc = desc or ""
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.n > self.start_n or self.lines_written:
+            self._emit(time.monotonic())
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.iterable is None:
+            raise TypeError("PlainProgress without an iterable is not iterable")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # the line ------------------------------------------------------------------------------
+    def format_line(self, now: float | None = None) -> str:
+        """``desc: n/total (pct%) elapsed, rate, eta, [postfix]`` (no carriage return)."""
+        now = time.monotonic() if now is None else now
+        elapsed = now - self.start
+        done = self.n - self.start_n
+        rate = done / elapsed if elapsed > 0 else 0.0
+        head = f"{self.desc}: " if self.desc else ""
+        if self.total:
+            line = f"{head}{self.n}/{self.total} ({100.0 * self.n / self.total:.0f}%)"
+        else:
+            line = f"{head}{self.n} {self.unit}"
+        line += f" {_duration(elapsed)} elapsed, {rate:.3g} {self.unit}/s"
+        if self.total and rate > 0 and self.n < self.total:
+            line += f", eta {_duration((self.total - self.n) / rate)}"
+        if self.postfix:
+            line += f" [{self.postfix}]"
+        return line
+
+    def _emit(self, now: float) -> None:
+        self.last = now
+        self.lines_written += 1
+        if self.silent or sys.stderr is None:
+            return
+        sys.stderr.write(self.format_line(now) + "\n")
+        sys.stderr.flush()
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr handler that writes through ``tqdm.write`` while a tqdm bar is on screen, so a
+    log line never lands in the middle of a bar (the bar is cleared and redrawn below it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_mod = sys.modules.get("tqdm")
+        bars = getattr(getattr(tqdm_mod, "tqdm", None), "_instances", None)
+        if not bars:
+            super().emit(record)
+            return
+        try:
+            tqdm_mod.tqdm.write(self.format(record), file=self.stream)  # type: ignore[union-attr]
+            self.flush()
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from apcnn.features_store import FactoredFeatures
 from apcnn.losses import CURVATURE, bregman, check_loss, elementwise, prepare_labels
 from apcnn.regularizers import (
     GroupIndex,
@@ -65,6 +67,7 @@ from apcnn.regularizers import (
 __all__ = [
     "AlternatingResult",
     "SolverInfo",
+    "SolverProgress",
     "fit_alternating",
     "fit_combination",
     "fit_independent",
@@ -81,6 +84,13 @@ METHODS = ("fista", "spgd")
 #: products are microseconds long, and intra-op threading only adds synchronisation (which costs
 #: milliseconds per product on a loaded machine). The previous thread count is restored after.
 SMALL_PROBLEM = 200_000
+
+#: ``(N, M, D)`` arrays with more entries than this are never copied attribute-major (that copy
+#: would double the memory): the L-step's products read them in chunks of rows of about
+#: ``_CHUNK_BYTES`` instead. At most this size (every run of the Clothing recipe) the copy makes
+#: those products faster and the results are those of earlier versions bit for bit.
+COPY_LIMIT = 2**26
+_CHUNK_BYTES = 64 * 2**20
 
 #: Per-iteration shrink factor of the backtracked Lipschitz estimates (steps grow again where the
 #: local curvature allows it; backtracking doubles them back when not).
@@ -107,8 +117,9 @@ def _sum_samples(reduce: SampleReduce, local: list[Tensor]) -> list[Tensor]:
 def _threads_by_size(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(X: Any, *args: Any, **kwargs: Any) -> Any:
-        n = X.numel() if isinstance(X, Tensor) else np.size(X)
-        on_cpu = not isinstance(X, Tensor) or X.device.type == "cpu"
+        lazy = isinstance(X, Tensor | FactoredFeatures)
+        n = X.numel() if lazy else np.size(X)
+        on_cpu = not lazy or X.device.type == "cpu"
         old = torch.get_num_threads()
         if n > SMALL_PROBLEM or old == 1 or not on_cpu:
             return fn(X, *args, **kwargs)
@@ -134,6 +145,9 @@ class SolverInfo:
         gap: final KKT violation (absolute; for SPGD the gradient norm of the smoothed problem).
         scale: the gradient scale ``max(‖∇f(0)‖_∞, penalty)`` that ``tol`` is relative to.
         stages: SPGD continuation stages (1 for FISTA/APG).
+        start_gap: KKT violation at the start point (absolute, like ``gap``).
+        budget: ``"time"`` or ``"iterations"`` when the call's budget
+            (:func:`fit_alternating`'s ``time_budget_s`` / ``iter_budget``) stopped it, else "".
     """
 
     n_iter: int
@@ -142,6 +156,13 @@ class SolverInfo:
     gap: float
     scale: float
     stages: int = 1
+    start_gap: float = math.nan
+    budget: str = ""
+
+    @property
+    def rel_gap(self) -> float:
+        """``gap / scale``: the KKT violation relative to the gradient scale (``tol`` bounds it)."""
+        return self.gap / self.scale if self.scale > 0 else math.inf
 
 
 @dataclass
@@ -158,6 +179,9 @@ class AlternatingResult:
         converged: the stopping rule (relative decrease over one outer iteration < ``tol``) fired
             before ``max_outer``.
         infos: per half-step :class:`SolverInfo`.
+        stop: why it stopped: ``"tol"`` (the relative-decrease rule), ``"kkt"`` (``gap_tol``),
+            ``"max_outer"``, ``"time_budget"``, ``"iter_budget"`` or ``"callback"``.
+        seconds: wall time of the call.
     """
 
     L: Any
@@ -167,6 +191,109 @@ class AlternatingResult:
     n_iter: int
     converged: bool
     infos: list[SolverInfo] = field(default_factory=list)
+    stop: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class SolverProgress:
+    """One progress report of :func:`fit_alternating` (its ``report`` hook).
+
+    ``kind="outer"``: after outer iteration ``iteration`` (of at most ``max_outer``), with the
+    objective ``F``, its relative decrease over the iteration, ``gap`` (the larger relative KKT
+    violation of the two half-steps, each for its own sub-problem: ``SolverInfo.rel_gap``) and
+    ``eta_s``, an estimate of the seconds left (None before the first iteration ends). The
+    estimate assumes the relative decrease keeps shrinking by its last ratio until it reaches
+    ``tol``, at the mean time per outer iteration so far, capped by ``max_outer`` and by the time
+    budget. ``kind="inner"``: a heartbeat from inside a half-step that has run for a while
+    (``phase`` = ``"S-step"``, ``"L-step"`` or ``"init"``, ``inner_iteration``, ``gap`` =
+    its last relative KKT violation), at most every ``progress_every_s`` seconds.
+    """
+
+    kind: str
+    iteration: int
+    max_outer: int
+    elapsed_s: float
+    objective: float = math.nan
+    rel_decrease: float = math.nan
+    gap: float = math.nan
+    eta_s: float | None = None
+    phase: str = ""
+    inner_iteration: int = 0
+    inner_iterations: int = 0  # proximal-gradient iterations of this outer iteration
+
+    def line(self) -> str:
+        """One human-readable line (what :func:`apcnn.training.steps.fit_mtl` logs)."""
+        if self.kind == "inner":
+            return (
+                f"outer {self.iteration}/{self.max_outer} {self.phase} iteration "
+                f"{self.inner_iteration}: gap {self.gap:.2e}, {self.elapsed_s:.0f} s elapsed"
+            )
+        eta = "?" if self.eta_s is None else f"{self.eta_s:.0f} s"
+        return (
+            f"outer {self.iteration}/{self.max_outer}: objective {self.objective:.6g}, "
+            f"rel. decrease {self.rel_decrease:.2e}, gap {self.gap:.2e}, "
+            f"{self.inner_iterations} inner iterations, {self.elapsed_s:.0f} s elapsed, "
+            f"about {eta} left"
+        )
+
+
+class _Budget:
+    """The limits of one :func:`fit_alternating` call, shared by its sub-solvers.
+
+    ``deadline``: ``time.monotonic()`` value after which every solver stops at its next
+    iteration; ``iters_left``: proximal-gradient iterations left (None: unbounded);
+    ``heartbeat(phase, iteration, gap)`` is called from inside the sub-solvers at most every
+    ``every`` seconds. ``exhausted`` names the limit that stopped the call. Data parallel
+    (``reduce``): whether time is up is summed over the processes at every check, so that all
+    stop at the same iteration (one more tiny all-reduce per iteration, only with a deadline).
+    """
+
+    def __init__(
+        self,
+        deadline: float | None = None,
+        iters: int | None = None,
+        heartbeat: Callable[[str, int, float], Any] | None = None,
+        every: float = 10.0,
+        reduce: SampleReduce = None,
+    ) -> None:
+        self.deadline, self.iters_left = deadline, iters
+        self.heartbeat, self.every = heartbeat, every
+        self.reduce = reduce
+        self.last = time.monotonic()
+        self.phase = ""
+        self.exhausted = ""
+
+    def _time_up(self, now: float) -> bool:
+        assert self.deadline is not None
+        up = now >= self.deadline
+        if self.reduce is not None:
+            up = float(self.reduce(torch.tensor([float(up)], dtype=torch.float64))[0]) > 0
+        if up:
+            self.exhausted = self.exhausted or "time"
+        return up
+
+    def max_iter(self, max_iter: int) -> int:
+        return max_iter if self.iters_left is None else max(1, min(max_iter, self.iters_left))
+
+    def spend(self, n: int) -> None:
+        if self.iters_left is not None:
+            self.iters_left -= n
+            if self.iters_left <= 0:
+                self.exhausted = self.exhausted or "iterations"
+
+    def out_of_time(self) -> bool:
+        if self.deadline is not None and not self.exhausted:
+            self._time_up(time.monotonic())
+        return self.exhausted != ""
+
+    def tick(self, it: int, gap: float, scale: float) -> bool:
+        """Called once per sub-solver iteration: heartbeat when due; True = stop (time is up)."""
+        now = time.monotonic()
+        if self.heartbeat is not None and now - self.last >= self.every:
+            self.last = now
+            self.heartbeat(self.phase, it, gap / scale if scale > 0 else math.inf)
+        return self.deadline is not None and self._time_up(now)
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -201,7 +328,15 @@ class _Ctx:
         return t.detach().cpu().numpy().astype(self.out_dtype, copy=False)
 
 
-def _context(X: Any) -> tuple[_Ctx, Tensor]:
+def _context(X: Any) -> tuple[_Ctx, Any]:
+    if isinstance(X, FactoredFeatures):
+        work = torch.float64 if X.dtype == torch.float64 else torch.float32
+        out_dtype = {torch.float64: np.float64, torch.float32: np.float32}.get(X.dtype, np.float32)
+        if X.numpy:
+            ctx = _Ctx(False, np.dtype(out_dtype), X.device, work)
+        else:
+            ctx = _Ctx(True, X.dtype, X.device, work)
+        return ctx, X.to(work)
     if isinstance(X, Tensor):
         x = X.detach()
         out = x.dtype if x.dtype.is_floating_point else torch.float64
@@ -253,11 +388,13 @@ def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
 class _Data:
     """Validated problem data on the working device/dtype.
 
-    ``X`` is ``(N, D)`` (shared) or ``(N, M, D)``; the attribute-major copy ``(M, N, D)`` that
-    the L-step's batched products want is made on first use (:meth:`xm`).
+    ``X`` is ``(N, D)`` (shared), ``(N, M, D)``, or a :class:`FactoredFeatures` (its own
+    products). For ``(N, M, D)`` up to :data:`COPY_LIMIT` entries, the attribute-major copy
+    ``(M, N, D)`` that the L-step's batched products want is made on first use (:meth:`xm`);
+    larger arrays are read in place, by chunks of rows (no copy).
     """
 
-    X: Tensor
+    X: Any
     Y: Tensor
     mask: Tensor
     shared: bool
@@ -275,22 +412,36 @@ class _Data:
             self._xm = self.X.permute(1, 0, 2).contiguous()
         return self._xm
 
+    def _chunks(self) -> Any:
+        step = max(1, _CHUNK_BYTES // (self.X.element_size() * self.M * self.D))
+        return (slice(s, s + step) for s in range(0, self.N, step))
+
     def scores_W(self, W: Tensor) -> Tensor:
         """``(N, M)`` scores ``x_m(i)ᵀ w_m`` for ``W`` ``(D, M)``."""
         if self.shared:
             return self.X @ W
+        if isinstance(self.X, FactoredFeatures):
+            return self.X.scores(W)
+        if self.X.numel() > COPY_LIMIT:
+            return torch.cat([torch.einsum("nmd,dm->nm", self.X[c], W) for c in self._chunks()])
         return torch.bmm(self.xm(), W.T.unsqueeze(-1)).squeeze(-1).T
 
     def XtG(self, G: Tensor) -> Tensor:
         """``(D, M)``: column m is ``Σ_i G[i, m] x_m(i)``."""
         if self.shared:
             return self.X.T @ G
+        if isinstance(self.X, FactoredFeatures):
+            return self.X.XtG(G)
+        if self.X.numel() > COPY_LIMIT:
+            return sum(torch.einsum("nm,nmd->dm", G[c], self.X[c]) for c in self._chunks())
         return torch.bmm(G.T.unsqueeze(1), self.xm()).squeeze(1).T  # row-vector form
 
     def project(self, L: Tensor) -> Tensor:
         """``P_m = X_m L``: ``(N, K)`` (shared) or ``(M, N, K)`` (attribute-specific); one GEMM."""
         if self.shared:
             return self.X @ L
+        if isinstance(self.X, FactoredFeatures):
+            return self.X.project(L)
         N, M, D = self.X.shape
         P = (self.X.reshape(N * M, D) @ L).reshape(N, M, L.shape[1])
         return P.permute(1, 0, 2).contiguous()
@@ -313,7 +464,8 @@ def _data(
             "X must be (N, D) shared or (N, M, D) attribute-specific features; "
             f"got shape {tuple(x.shape)}"
         )
-    _finite(x, "X", "clean or impute the features")
+    if not isinstance(x, FactoredFeatures):  # checked when it was built
+        _finite(x, "X", "clean or impute the features")
     y = ctx.t(Y, "Y")
     if y.ndim != 2 or y.shape[0] != x.shape[0] or (x.ndim == 3 and y.shape[1] != x.shape[1]):
         want = (
@@ -485,6 +637,7 @@ def _apg(
     max_iter: int,
     scale: float,
     check_every: int = 10,
+    budget: _Budget | None = None,
 ) -> tuple[list[Tensor], SolverInfo]:
     """Monotone FISTA with per-block step sizes, backtracking and adaptive restart.
 
@@ -498,8 +651,9 @@ def _apg(
     never increases. Scores are linear in ``x`` and carried along: an iteration costs one
     ``forward`` and one ``adjoint`` (plus one ``forward`` per backtracking step). Stops when the
     KKT violation (checked every ``check_every`` iterations) is ``≤ tol · scale``, or when it has
-    not improved for 30 checks (rounding level). The end point is compared with the start and the
-    better one is returned.
+    not improved for 30 checks (rounding level), or when ``budget`` says time is up (checked
+    every iteration; a heartbeat goes out from there). The end point is compared with the start
+    and the better one is returned.
     """
     dtype = x0[0].dtype
     eps = torch.finfo(dtype).eps
@@ -511,7 +665,7 @@ def _apg(
     F_start = float(Fx.sum())
     gap = gap0 = best_gap = pb.kkt(x, gx)
     if gap <= thr:
-        return x, SolverInfo(0, True, F_start, gap, scale)
+        return x, SolverInfo(0, True, F_start, gap, scale, start_gap=gap0)
     patience = 30
     Lb = lip.clone()
     floor = lip * 1e-4
@@ -558,10 +712,14 @@ def _apg(
             best_gap = min(best_gap, gap)
             if stall >= patience:  # no progress at rounding level: give up
                 break
+        if budget is not None and budget.tick(it, gap, scale):
+            break
+    stopped = budget.exhausted if budget is not None and not converged else ""
     F_end = float(Fx.sum())
     if F_end > F_start:  # only rounding can get here: return the start, never worse
-        return [t.clone() for t in x0], SolverInfo(it, False, F_start, gap0, scale)
-    return x, SolverInfo(it, converged, F_end, gap, scale)
+        info = SolverInfo(it, False, F_start, gap0, scale, start_gap=gap0, budget=stopped)
+        return [t.clone() for t in x0], info
+    return x, SolverInfo(it, converged, F_end, gap, scale, start_gap=gap0, budget=stopped)
 
 
 def _power(
@@ -769,6 +927,7 @@ def _solve_S(
     max_iter: int,
     method: str,
     kind: str,
+    budget: _Budget | None = None,
 ) -> tuple[Tensor, Tensor | None, SolverInfo]:
     P = data.project(L)  # once per call
     x0 = _zero_empty([S0, b0] if b0 is not None else [S0], data.empty)
@@ -779,9 +938,9 @@ def _solve_S(
         lipg = torch.zeros(gi.n_groups, dtype=L.dtype, device=L.device)
         lipg.scatter_reduce_(0, pb.col_block, lip_col, reduce="amax")
         lipg = torch.clamp(lipg, min=max(float(lipg.max()) * 1e-6, tiny * 1e6))
-        x, info = _apg(pb, x0, lipg, tol, max_iter, _grad_scale(pb, x0, mu))
+        x, info = _apg(pb, x0, lipg, tol, max_iter, _grad_scale(pb, x0, mu), budget=budget)
     else:
-        x, info = _spgd(data, P, gi, mu, kind, x0, lip_col, tol, max_iter)
+        x, info = _spgd(data, P, gi, mu, kind, x0, lip_col, tol, max_iter, budget)
     return x[0], (x[1] if len(x) > 1 else None), info
 
 
@@ -802,6 +961,7 @@ def _spgd(
     lip_col: Tensor,
     tol: float,
     max_iter: int,
+    budget: _Budget | None = None,
 ) -> tuple[list[Tensor], SolverInfo]:
     """SPGD: FISTA on ``f + μΩ_η`` with continuation ``η ← η/10`` (warm starts).
 
@@ -824,22 +984,31 @@ def _spgd(
             len(x0) > 1,
         )
         lip = torch.clamp(lip_col.max(), min=torch.finfo(P.dtype).tiny * 1e6).reshape(1)
-        x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, 0.0))
+        x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, 0.0), budget=budget)
         return x, info
     Dq = smoothing_gap_bound(K, gi.n_groups, 1.0)
     scale_F = max(abs(F_best), torch.finfo(P.dtype).tiny)
     eta = 1e-2 * scale_F / Dq
     eps = torch.finfo(P.dtype).eps
     x, n_used, stages, converged, gap, scale = x0, 0, 0, False, float("inf"), 0.0
-    F_prev = F_best
+    F_prev, start_gap, stopped = F_best, math.nan, ""
     while n_used < max_iter:
         pb = _s_problem_smoothed(data, P, gi, mu, kind, len(x0) > 1, eta)
         lip = torch.clamp(lip_col.max(), min=torch.finfo(P.dtype).tiny * 1e6).reshape(1)
         rel = eta * Dq / scale_F
-        x, info = _apg(pb, x, lip, max(tol, 0.1 * rel), max_iter - n_used, _grad_scale(pb, x, mu))
+        x, info = _apg(
+            pb,
+            x,
+            lip,
+            max(tol, 0.1 * rel),
+            max_iter - n_used,
+            _grad_scale(pb, x, mu),
+            budget=budget,
+        )
         n_used += max(info.n_iter, 1)
         stages += 1
-        gap, scale = info.gap, info.scale
+        gap, scale, stopped = info.gap, info.scale, info.budget
+        start_gap = info.start_gap if stages == 1 else start_gap
         cands = [x]
         norms = group_norms(x[0], gi)
         small = mu * norms < eta
@@ -855,9 +1024,12 @@ def _spgd(
         if rel <= max(tol, 10 * eps) or (stages > 1 and F_prev - F_best <= tol * abs(F_best)):
             converged = info.converged or rel <= max(tol, 10 * eps)
             break
+        if stopped:
+            break
         F_prev = F_best
         eta /= 10.0
-    return best, SolverInfo(n_used, converged, F_best, gap, scale, stages)
+    info = SolverInfo(n_used, converged, F_best, gap, scale, stages, start_gap, stopped)
+    return best, info
 
 
 # ----------------------------------------------------------------------------- L-step
@@ -921,13 +1093,14 @@ def _solve_L(
     tol: float,
     max_iter: int,
     kind: str,
+    budget: _Budget | None = None,
 ) -> tuple[Tensor, Tensor | None, SolverInfo]:
     pb = _l_problem(data, S, gamma, lam, kind, b0 is not None)
     x0 = [L0, b0] if b0 is not None else [L0]
     lam_max = _power(pb.forward, pb.adjoint, data.mf, x0, pb.block_sum, sample_reduce=data.reduce)
     lip = CURVATURE[kind] * lam_max * 1.02
     lip = torch.clamp(lip, min=torch.finfo(S.dtype).tiny * 1e6)
-    x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, gamma))
+    x, info = _apg(pb, x0, lip, tol, max_iter, _grad_scale(pb, x0, gamma), budget=budget)
     return x[0], (x[1] if len(x) > 1 else None), info
 
 
@@ -1132,12 +1305,20 @@ def fit_independent(
 
 
 def _independent(
-    data: _Data, lam: float, bias: bool, kind: str, tol: float, max_iter: int
+    data: _Data,
+    lam: float,
+    bias: bool,
+    kind: str,
+    tol: float,
+    max_iter: int,
+    budget: _Budget | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     eye = torch.eye(data.M, dtype=data.Y.dtype, device=data.Y.device)
     L0 = torch.zeros(data.D, data.M, dtype=eye.dtype, device=eye.device)
     b0 = torch.zeros(data.M, dtype=eye.dtype, device=eye.device) if bias else None
-    W, b, _ = _solve_L(data, eye, 0.0, lam, L0, b0, tol, max_iter, kind)
+    W, b, info = _solve_L(data, eye, 0.0, lam, L0, b0, tol, max_iter, kind, budget)
+    if budget is not None:
+        budget.spend(info.n_iter)
     return W, b
 
 
@@ -1233,6 +1414,11 @@ def fit_alternating(
     init_lam: float | None = None,
     sample_reduce: SampleReduce = None,
     task_weights: Any = None,
+    time_budget_s: float | None = None,
+    iter_budget: int | None = None,
+    gap_tol: float | None = None,
+    report: Callable[[SolverProgress], Any] | None = None,
+    progress_every_s: float = 10.0,
 ) -> AlternatingResult:
     """Algorithm 1: alternate step (a) (:func:`fit_combination`) and (b) (:func:`fit_latent`).
 
@@ -1248,12 +1434,33 @@ def fit_alternating(
     ``callback(outer_iteration, L, S, bias, objective)`` is called after each outer iteration
     (torch tensors); returning True stops early. ``max_iter``/``inner_tol`` go to the sub-solvers.
 
+    Budgets (all optional; without them the iterates are exactly those of an unbudgeted call):
+
+    * ``time_budget_s``: wall seconds for the whole call. Every sub-solver checks the clock at
+      each iteration and stops when it is up; the call then returns its current iterate (never
+      worse than the start), possibly after an (a) half-step only, with ``stop="time_budget"``.
+    * ``iter_budget``: proximal-gradient iterations of all sub-solvers together (initial
+      ridge fit included); ``stop="iter_budget"``.
+    * ``gap_tol``: also stop (``converged=True``, ``stop="kkt"``) when one iterate satisfies
+      both blocks' KKT conditions to ``gap_tol`` relative (``SolverInfo.rel_gap``): the (a)
+      half-step starts within ``gap_tol`` at the iterate the previous (b) half-step left within
+      ``gap_tol``. Penalties are separable in ``L`` and ``S``, so this is a stationarity
+      certificate of eq. 2 itself (for ``method="spgd"`` the S gap is that of the smoothed
+      problem).
+
+    Progress: ``report(SolverProgress)`` gets one ``kind="outer"`` report per outer iteration
+    (objective, relative decrease, gap, estimated seconds left) and ``kind="inner"`` heartbeats
+    from inside long half-steps every ``progress_every_s`` seconds; ``progress=True`` shows a
+    progress bar with the same figures (:func:`apcnn.runlog.progress`).
+
     Data parallel: when each process holds some rows of ``X``, ``Y``, ``mask`` (the same
     ``groups``, penalties, ``W0``/``L0``/``S0``, seed on all), ``sample_reduce`` sums a tensor over
     the processes (:func:`apcnn.distributed.all_reduce_sum`). The loss values and gradients of
     the smooth part are all-reduced and every process applies the same proximal steps, so all end
     with the same ``L``, ``S`` and bias: those of one process holding all rows, up to rounding.
+    A time budget stops all processes at the same iteration (any one out of time stops all).
     """
+    t0 = time.monotonic()
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
     data = _data(ctx, x, Y, mask, sample_reduce, task_weights)
@@ -1261,14 +1468,48 @@ def fit_alternating(
     K = _positive(K, "K", integer=True)
     max_outer = _positive(max_outer, "max_outer", integer=True)
     tol = _positive(tol, "tol")
+    if time_budget_s is not None:
+        time_budget_s = _positive(time_budget_s, "time_budget_s")
+    if iter_budget is not None:
+        iter_budget = _positive(iter_budget, "iter_budget", integer=True)
+    if gap_tol is not None:
+        gap_tol = _positive(gap_tol, "gap_tol")
+    progress_every_s = _positive(progress_every_s, "progress_every_s")
     gi = _groups(groups, data.M, overlapping, ctx.device)
     method = _method(method, gi)
     _warn_empty(data)
+    outer = [0]  # the outer iteration under way, for the heartbeats
+
+    def heartbeat(phase: str, it: int, gap: float) -> None:
+        assert report is not None
+        elapsed = time.monotonic() - t0
+        report(
+            SolverProgress(
+                "inner", outer[0], max_outer, elapsed, gap=gap, phase=phase, inner_iteration=it
+            )
+        )
+
+    budget = _Budget(
+        None if time_budget_s is None else t0 + time_budget_s,
+        iter_budget,
+        heartbeat if report is not None else None,
+        progress_every_s,
+        sample_reduce,
+    )
     b = torch.zeros(data.M, dtype=ctx.dtype, device=ctx.device) if bias else None
     if L0 is None:
         if W0 is None:
             ridge = init_lam if init_lam is not None else (lam if lam > 0 else 1.0)
-            Wt, bw = _independent(data, _penalty(ridge, "init_lam"), bool(bias), loss, 1e-6, 1000)
+            budget.phase = "init"
+            Wt, bw = _independent(
+                data,
+                _penalty(ridge, "init_lam"),
+                bool(bias),
+                loss,
+                1e-6,
+                budget.max_iter(1000),
+                budget,
+            )
             if bias and bw is not None:
                 b = bw
         else:
@@ -1296,15 +1537,27 @@ def fit_alternating(
 
     history = [F(Lt, St, b)]
     infos: list[SolverInfo] = []
-    converged, n = False, 0
+    converged, n, stop = False, 0, "max_outer"
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .runlog import progress as progress_bar
 
-        bar = tqdm(total=max_outer, desc="alternating", leave=False)
+        bar = progress_bar(total=max_outer, desc="alternating")
     sub_tol = max(inner_tol, 1e-3)
+    l_gap = math.inf  # relative KKT gap of L at the current iterate (from the last (b) step)
+    rels: list[float] = []
     for n in range(1, max_outer + 1):
-        S_new, b_new, info = _solve_S(data, Lt, gi, mu, St, b, sub_tol, max_iter, method, loss)
+        if budget.out_of_time():
+            n -= 1
+            break
+        outer[0] = n
+        budget.phase = "S-step"
+        S_new, b_new, info = _solve_S(
+            data, Lt, gi, mu, St, b, sub_tol, budget.max_iter(max_iter), method, loss, budget
+        )
+        budget.spend(info.n_iter)
+        s_start = info.start_gap / info.scale if info.scale > 0 else math.inf
+        kkt_ok = gap_tol is not None and max(s_start, l_gap) <= gap_tol
         f = F(Lt, S_new, b_new)
         if f <= history[-1]:
             St, b = S_new, b_new
@@ -1312,21 +1565,50 @@ def fit_alternating(
             f = history[-1]
         history.append(f)
         infos.append(info)
-        L_new, b_new, info = _solve_L(data, St, gamma, lam, Lt, b, sub_tol, max_iter, loss)
+        if budget.exhausted:
+            break
+        budget.phase = "L-step"
+        L_new, b_new, info = _solve_L(
+            data, St, gamma, lam, Lt, b, sub_tol, budget.max_iter(max_iter), loss, budget
+        )
+        budget.spend(info.n_iter)
         f = F(L_new, St, b_new)
         if f <= history[-1]:
             Lt, b = L_new, b_new
+            l_gap = info.rel_gap
         else:
             f = history[-1]
+            l_gap = math.inf  # the certificate belongs to the rejected iterate
         history.append(f)
         infos.append(info)
+        rel = (history[-3] - history[-1]) / max(abs(history[-1]), torch.finfo(ctx.dtype).tiny)
+        rels.append(rel)
+        gap = max(infos[-2].rel_gap, infos[-1].rel_gap)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(objective=f"{f:.6g}")
-        stop = callback(n, Lt, St, b, f) if callback is not None else False
-        rel = (history[-3] - history[-1]) / max(abs(history[-1]), torch.finfo(ctx.dtype).tiny)
+            bar.set_postfix(objective=f"{f:.6g}", gap=f"{gap:.1e}")
+        if report is not None:
+            budget.last = time.monotonic()  # the next heartbeat is due progress_every_s later
+            elapsed = budget.last - t0
+            report(
+                SolverProgress(
+                    "outer",
+                    n,
+                    max_outer,
+                    elapsed,
+                    objective=f,
+                    rel_decrease=rel,
+                    gap=gap,
+                    eta_s=_eta(rels, tol, n, max_outer, elapsed, budget.deadline),
+                    inner_iterations=infos[-2].n_iter + infos[-1].n_iter,
+                )
+            )
+        stop_cb = callback(n, Lt, St, b, f) if callback is not None else False
         if rel <= tol and sub_tol <= max(inner_tol, tol):
-            converged = True
+            converged, stop = True, "tol"
+            break
+        if kkt_ok:
+            converged, stop = True, "kkt"
             break
         if rel <= tol:
             # little progress only because the sub-solvers stopped at a tolerance looser than
@@ -1334,11 +1616,36 @@ def fit_alternating(
             sub_tol = max(inner_tol, 0.01 * sub_tol)
         else:
             sub_tol = max(inner_tol, min(sub_tol, 0.1 * rel))  # tighten as the loop settles
-        if stop:
+        if stop_cb:
+            stop = "callback"
             break
+        if budget.exhausted:
+            break
+    if budget.exhausted and not converged and stop != "callback":
+        stop = "time_budget" if budget.exhausted == "time" else "iter_budget"
     if bar is not None:
         bar.close()
-    return AlternatingResult(ctx.out(Lt), ctx.out(St), ctx.out(b), history, n, converged, infos)
+    seconds = time.monotonic() - t0
+    return AlternatingResult(
+        ctx.out(Lt), ctx.out(St), ctx.out(b), history, n, converged, infos, stop, seconds
+    )
+
+
+def _eta(
+    rels: list[float], tol: float, n: int, max_outer: int, elapsed: float, deadline: float | None
+) -> float:
+    """Seconds left: outer iterations until the relative decrease reaches ``tol`` if it keeps
+    shrinking by its last ratio (at most ``max_outer − n``), at the mean time per iteration."""
+    left = max_outer - n
+    rel = rels[-1]
+    if rel <= tol:
+        left = min(left, 1)
+    elif len(rels) > 1 and 0 < rel < rels[-2]:
+        left = min(left, math.ceil(math.log(tol / rel) / math.log(rel / rels[-2])))
+    eta = left * elapsed / max(n, 1)
+    if deadline is not None:
+        eta = min(eta, max(deadline - time.monotonic(), 0.0))
+    return eta
 
 
 def optimality_gap_S(

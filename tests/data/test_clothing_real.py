@@ -101,6 +101,11 @@ def test_item_and_folds(clothing):
 
 
 def test_verify_real(clothing):
-    rep = verify_dataset("clothing", clothing.root)
+    rep = verify_dataset("clothing", clothing.root)  # decodes all 1856 (2.2 s on 2 CPU cores)
     assert rep.ok and rep.images_checked == 1856 and rep.images_missing == 0
+    assert rep.images_decoded == 1856 and rep.images_corrupt == 0
     assert rep.to_dict()["attributes"]["black"]["missing"] == 112
+    # the published archive holds 46 groups of byte-identical photos (96 files), e.g.
+    # 000084.jpg = 000085.jpg, most with different labels: a warning, not a problem
+    assert len(rep.duplicates) == 46 and sum(map(len, rep.duplicates)) == 96
+    assert ["images/000084.jpg", "images/000085.jpg"] in rep.duplicates

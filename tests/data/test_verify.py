@@ -16,7 +16,14 @@ def test_verify_good_tree(tmp_path, make_clothing_tree):
     assert rep.ok and rep.num_samples == 5 and rep.num_attributes == 23
     assert rep.images_checked == 5 and rep.images_decoded == 5 and rep.images_corrupt == 0
     d = json.loads(json.dumps(rep.to_dict()))
-    assert d["ok"] and d["images"] == {"checked": 5, "missing": 0, "decoded": 5, "corrupt": 0}
+    assert d["ok"] and d["images"] == {
+        "checked": 5,
+        "missing": 0,
+        "empty": 0,
+        "decoded": 5,
+        "corrupt": 0,
+        "duplicate_groups": 0,
+    }
     assert list(d["groups"]) == ["colors", "patterns", "cloth_parts", "appearance"]
     s = d["attributes"]["black"]
     assert s["positives"] + s["negatives"] + s["missing"] == 5
@@ -35,9 +42,9 @@ def test_verify_options_and_class_datasets(tmp_path, make_awa_tree):
 def test_verify_bad_trees(tmp_path, make_clothing_tree, trees):
     root = make_clothing_tree(tmp_path, n=4)
     trees.corrupt_file(root / "images" / "000003.jpg")
-    assert verify_dataset("clothing", root).ok  # existence only without decode
+    assert verify_dataset("clothing", root, decode=False).ok  # existence and size only
     with pytest.raises(CorruptImageError, match=r"1 of 4 images do not decode; first: .*000003"):
-        verify_dataset("clothing", root, decode=True)
+        verify_dataset("clothing", root)  # decodes by default
     rep = verify_dataset("clothing", root, decode=True, raise_on_error=False)
     assert not rep.ok and rep.images_corrupt == 1 and "000003.jpg" in rep.problems[0]
     assert "1 problem(s)" in rep.format_text()

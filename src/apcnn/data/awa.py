@@ -25,7 +25,8 @@ predicate count without a groups file falls back to one group per attribute, wit
 Splits: ``"all"``; ``"train"`` / ``"test"`` = images of the classes in trainclasses.txt /
 testclasses.txt (the standard 40/10 zero-shot protocol); a name there that is not in classes.txt
 raises :class:`UnknownClassError` naming the file and line. Images are ordered by class (in
-classes.txt order), then file name.
+classes.txt order), then file name. A class or predicate listed twice, or a class in both
+trainclasses.txt and testclasses.txt, raises :class:`DuplicateRowError`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 
 from apcnn.data.base import AttributeDataset, read_lines, require_root
 from apcnn.data.errors import (
+    DuplicateRowError,
     LabelShapeError,
     LabelValueError,
     MissingFileError,
@@ -66,7 +68,8 @@ AWA_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
 
 def read_index_names(path: Path, what: str) -> list[str]:
     """Names of an ``"<index>\\t<name>"`` file (index 1..n in order), stripped."""
-    names = []
+    names: list[str] = []
+    line_of: dict[str, int] = {}
     for lineno, tok in read_lines(path, what):
         if len(tok) == 1:
             name = tok[0]
@@ -81,7 +84,14 @@ def read_index_names(path: Path, what: str) -> list[str]:
             raise LabelValueError(
                 f"{path}:{lineno}: expected '<index> TAB <name>', got {' '.join(tok)!r}"
             )
-        names.append(name.strip())
+        name = name.strip()
+        if name in line_of:
+            raise DuplicateRowError(
+                f"{path}:{lineno}: {name!r} is already listed on line {line_of[name]}; names in "
+                f"{what} must be unique"
+            )
+        line_of[name] = lineno
+        names.append(name)
     if not names:
         raise LabelShapeError(f"{path}: {what} is empty; restore it from the dataset archive")
     return names
@@ -111,7 +121,8 @@ def read_matrix(path: Path, rows: int, cols: int, what: str) -> np.ndarray:
 def read_class_list(path: Path, classes: list[str]) -> list[int]:
     """Class ids (0-based, classes.txt order) of a one-name-per-line split file."""
     lookup = {c: k for k, c in enumerate(classes)}
-    ids = []
+    ids: list[int] = []
+    line_of: dict[int, int] = {}
     for lineno, tok in read_lines(path, "class split file"):
         name = " ".join(tok).strip()
         if name not in lookup:
@@ -119,6 +130,12 @@ def read_class_list(path: Path, classes: list[str]) -> list[int]:
                 f"{path}:{lineno}: unknown class {name!r}; it must be one of the names in "
                 "classes.txt (with '+' for spaces)"
             )
+        if lookup[name] in line_of:
+            raise DuplicateRowError(
+                f"{path}:{lineno}: class {name!r} is already listed on line "
+                f"{line_of[lookup[name]]}; list each class once"
+            )
+        line_of[lookup[name]] = lineno
         ids.append(lookup[name])
     return ids
 
@@ -172,6 +189,13 @@ class _AwABase(AttributeDataset):
                     f"{f}: split file not found; split={s!r} needs {s}classes.txt (or use "
                     "split='all')"
                 )
+        both = split_classes.get("train", set()) & split_classes.get("test", set())
+        if both:
+            raise DuplicateRowError(
+                f"{base}: class {classes[min(both)]!r} is in both trainclasses.txt and "
+                f"testclasses.txt ({len(both)} class(es) in both); its images would be in train "
+                "and test"
+            )
         paths, cids = _list_images(base, classes)
         cids_arr = np.asarray(cids, dtype=np.int64)
         sizes = {s: int(np.isin(cids_arr, list(v)).sum()) for s, v in split_classes.items()}

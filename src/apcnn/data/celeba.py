@@ -11,7 +11,8 @@ Two layouts are accepted (``root`` may be the folder itself or its parent):
 ``list_attr_celeba.txt``: line 1 the image count, line 2 the 40 attribute names, then
 ``000001.jpg -1  1  1 -1 ...`` (space padded): ``1`` positive, ``-1`` negative; all labelled.
 ``list_eval_partition.txt``: ``000001.jpg 0`` with 0 = train, 1 = val, 2 = test (identity
-disjoint). Splits: ``"all"``, ``"train"``, ``"val"`` (alias ``"valid"``), ``"test"``.
+disjoint); an image listed twice in either file raises :class:`DuplicateRowError` with both line
+numbers. Splits: ``"all"``, ``"train"``, ``"val"`` (alias ``"valid"``), ``"test"``.
 
 Groups: the nine groups of Hand & Chellappa, "Attributes for Improved Attributes: A Multi-Task
 Network Utilizing Implicit and Explicit Relationships for Facial Attribute Classification",
@@ -29,8 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from apcnn.data.base import AttributeDataset, require_root
-from apcnn.data.errors import LabelShapeError, LabelValueError, MissingFileError
+from apcnn.data.base import (
+    AttributeDataset,
+    first_duplicate,
+    read_text,
+    require_root,
+    text_lines,
+)
+from apcnn.data.errors import DuplicateRowError, LabelShapeError, LabelValueError, MissingFileError
 from apcnn.data.groups import singleton_groups
 from apcnn.data.images import is_image_file
 from apcnn.data.registry import register_dataset
@@ -88,8 +95,7 @@ def _find_celeba_root(root) -> Path:
 
 def read_attr_file(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(attribute names, image file names, (N, 40) int8 labels in {-1, +1})."""
-    with open(path, encoding="utf-8") as f:
-        lines = [ln for ln in f.read().splitlines()]
+    lines = text_lines(read_text(path, "attribute file"))
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) < 2:
@@ -101,7 +107,8 @@ def read_attr_file(path: Path) -> tuple[list[str], list[str], np.ndarray]:
             f"{path}:1: expected the image count, got {lines[0].strip()!r}"
         ) from None
     names = lines[1].split()
-    rows = [ln for ln in lines[2:] if ln.strip()]
+    numbered = [(k, ln) for k, ln in enumerate(lines[2:], 3) if ln.strip()]
+    rows = [ln for _, ln in numbered]
     if len(rows) != count:
         raise LabelShapeError(
             f"{path}: line 1 announces {count} images but {len(rows)} rows follow; the file is "
@@ -109,36 +116,48 @@ def read_attr_file(path: Path) -> tuple[list[str], list[str], np.ndarray]:
         )
     files: list[str] = []
     labels = np.empty((len(rows), len(names)), dtype=np.int8)
-    for r, ln in enumerate(rows):
+    for r, (lineno, ln) in enumerate(numbered):
         tok = ln.split()
         if len(tok) != len(names) + 1:
             raise LabelShapeError(
-                f"{path}:{r + 3}: {len(tok) - 1} values for {len(names)} attributes"
+                f"{path}:{lineno}: {len(tok) - 1} values for {len(names)} attributes"
             )
         try:
             vals = [int(t) for t in tok[1:]]
         except ValueError:
-            raise LabelValueError(f"{path}:{r + 3}: non-integer label; expected 1 or -1") from None
+            raise LabelValueError(f"{path}:{lineno}: non-integer label; expected 1 or -1") from None
         if any(v not in (-1, 1) for v in vals):
-            raise LabelValueError(f"{path}:{r + 3}: labels must be 1 or -1, got {tok[1:]}")
+            raise LabelValueError(f"{path}:{lineno}: labels must be 1 or -1, got {tok[1:]}")
         files.append(tok[0])
         labels[r] = vals
+    dup = first_duplicate(files)
+    if dup is not None:
+        name, i, j, repeats = dup
+        raise DuplicateRowError(
+            f"{path}:{numbered[j][0]}: image {name!r} is already listed on line "
+            f"{numbered[i][0]} ({repeats} repeated row(s) in all); keep one row per image"
+        )
     return names, files, labels
 
 
 def read_partition_file(path: Path, files: list[str]) -> np.ndarray:
     """``(N,)`` partition codes (0 train, 1 val, 2 test) aligned with ``files``."""
     part: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, ln in enumerate(f, 1):
-            tok = ln.split()
-            if not tok:
-                continue
-            if len(tok) != 2 or tok[1] not in ("0", "1", "2"):
-                raise LabelValueError(
-                    f"{path}:{lineno}: expected '<image> <0|1|2>', got {ln.strip()!r}"
-                )
-            part[tok[0]] = int(tok[1])
+    line_of: dict[str, int] = {}
+    for lineno, ln in enumerate(text_lines(read_text(path, "partition file")), 1):
+        tok = ln.split()
+        if not tok:
+            continue
+        if len(tok) != 2 or tok[1] not in ("0", "1", "2"):
+            raise LabelValueError(
+                f"{path}:{lineno}: expected '<image> <0|1|2>', got {ln.strip()!r}"
+            )
+        if tok[0] in part:
+            raise DuplicateRowError(
+                f"{path}:{lineno}: image {tok[0]!r} is already listed on line "
+                f"{line_of[tok[0]]}; keep one line per image"
+            )
+        part[tok[0]], line_of[tok[0]] = int(tok[1]), lineno
     missing = [f for f in files if f not in part]
     if missing:
         raise LabelShapeError(

@@ -20,6 +20,8 @@ Image labels: ``is_present`` 1 -> +1, 0 -> -1. Certainty 1 ("not visible") is mi
 in attribute order. ``schema.class_attributes`` = continuous class matrix / 100 (when the file is
 present), ``schema.class_names`` from classes.txt, ``class_ids = class_id - 1``.
 Splits: ``"all"``, ``"train"``, ``"test"`` from train_test_split.txt (5,994 / 5,794).
+An id listed twice in an id file, or one image under two ids in images.txt, raises
+:class:`DuplicateRowError` naming the lines (or ids).
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-from apcnn.data.base import AttributeDataset, read_lines, require_root
+from apcnn.data.base import (
+    AttributeDataset,
+    first_duplicate,
+    read_lines,
+    read_text,
+    require_root,
+    text_lines,
+)
 from apcnn.data.errors import (
     DatasetOptionError,
+    DuplicateRowError,
     LabelShapeError,
     LabelValueError,
     MissingFileError,
@@ -65,13 +75,22 @@ def _find_cub_root(root) -> tuple[Path, Path]:
 
 
 def _id_table(path: Path, what: str, ncols: int = 2) -> dict[int, list[str]]:
+    """``{id: [values]}`` of an ``"<id> <value> ..."`` file; an id on two lines raises
+    :class:`DuplicateRowError` naming both."""
     out: dict[int, list[str]] = {}
+    line_of: dict[int, int] = {}
     for lineno, tok in read_lines(path, what):
         if len(tok) < ncols or not tok[0].isdigit():
             raise LabelValueError(
                 f"{path}:{lineno}: expected '<id> <value>', got {' '.join(tok)!r}"
             )
-        out[int(tok[0])] = tok[1:]
+        key = int(tok[0])
+        if key in out:
+            raise DuplicateRowError(
+                f"{path}:{lineno}: id {key} is already listed on line {line_of[key]}; keep one "
+                "line per id (restore the file from the archive)"
+            )
+        out[key], line_of[key] = tok[1:], lineno
     return out
 
 
@@ -128,32 +147,31 @@ def read_image_attribute_labels(
                 targets[r[keep], att[keep] - 1] = np.where(present[keep] == 1, 1.0, -1.0)
                 return targets, targets != 0
         # something is wrong: the line-by-line parser below names the line
-    with open(path, encoding="utf-8") as f:
-        for lineno, ln in enumerate(f, 1):
-            tok = ln.split()[:4]
-            if not tok:
-                continue
-            try:
-                img_id, att_id, pres, cer = (int(t) for t in tok)
-            except ValueError:
-                raise LabelValueError(
-                    f"{path}:{lineno}: expected '<image_id> <attribute_id> <0|1> <1..4> <time>', "
-                    f"got {ln.strip()!r}"
-                ) from None
-            row = image_row.get(img_id)
-            if row is None:
-                raise LabelValueError(f"{path}:{lineno}: image id {img_id} is not in images.txt")
-            if not 1 <= att_id <= num_attributes:
-                raise LabelValueError(
-                    f"{path}:{lineno}: attribute id {att_id} outside 1..{num_attributes}"
-                )
-            if pres not in (0, 1) or not 1 <= cer <= 4:
-                raise LabelValueError(
-                    f"{path}:{lineno}: is_present must be 0/1 and certainty 1..4, got {tok[2:]}"
-                )
-            if cer == 1 and not_visible == "missing":
-                continue
-            targets[row, att_id - 1] = 1.0 if pres else -1.0
+    for lineno, ln in enumerate(text_lines(read_text(path, "image attribute labels")), 1):
+        tok = ln.split()[:4]
+        if not tok:
+            continue
+        try:
+            img_id, att_id, pres, cer = (int(t) for t in tok)
+        except ValueError:
+            raise LabelValueError(
+                f"{path}:{lineno}: expected '<image_id> <attribute_id> <0|1> <1..4> <time>', "
+                f"got {ln.strip()!r}"
+            ) from None
+        row = image_row.get(img_id)
+        if row is None:
+            raise LabelValueError(f"{path}:{lineno}: image id {img_id} is not in images.txt")
+        if not 1 <= att_id <= num_attributes:
+            raise LabelValueError(
+                f"{path}:{lineno}: attribute id {att_id} outside 1..{num_attributes}"
+            )
+        if pres not in (0, 1) or not 1 <= cer <= 4:
+            raise LabelValueError(
+                f"{path}:{lineno}: is_present must be 0/1 and certainty 1..4, got {tok[2:]}"
+            )
+        if cer == 1 and not_visible == "missing":
+            continue
+        targets[row, att_id - 1] = 1.0 if pres else -1.0
     return targets, targets != 0
 
 
@@ -200,6 +218,13 @@ class CUB(AttributeDataset):
         class_names = [" ".join(classes_t[c]) for c in class_ids_sorted]
         images = _id_table(base / "images.txt", "images.txt")
         image_ids = sorted(images)
+        dup = first_duplicate([images[i][0] for i in image_ids])
+        if dup is not None:
+            name, a, b, repeats = dup
+            raise DuplicateRowError(
+                f"{base / 'images.txt'}: image {name!r} is listed under ids {image_ids[a]} and "
+                f"{image_ids[b]} ({repeats} repeated image(s) in all); keep one id per image"
+            )
         row_of = {img: r for r, img in enumerate(image_ids)}
         labels = _id_table(base / "image_class_labels.txt", "image_class_labels.txt")
         cids = np.empty(len(image_ids), dtype=np.int64)

@@ -28,6 +28,14 @@ class CorruptImageError(DatasetError, OSError):
     """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
 
 
+class DuplicateRowError(LabelValueError):
+    """A label or index file lists the same image (or id, or class) on more than one line."""
+
+
+class EncodingError(DatasetError, ValueError):
+    """A label file, groups file or file name is not valid UTF-8."""
+
+
 class UnknownClassError(DatasetError, ValueError):
     """A split or label file names a class (or class id) that the class list does not have."""
 
@@ -44,6 +52,8 @@ __all__ = [
     "CorruptImageError",
     "DatasetError",
     "DatasetOptionError",
+    "DuplicateRowError",
+    "EncodingError",
     "LabelShapeError",
     "LabelValueError",
     "MissingFileError",

@@ -14,20 +14,30 @@ and ``split`` (e.g. ``train`` / ``val`` / ``test``; then ``split=NAME`` selects 
 Label coding: ``1`` positive; ``0`` and ``-1`` negative (both common conventions); an empty
 cell, ``nan``, ``na``, ``?`` or ``-`` missing. Anything else raises :class:`LabelValueError`
 naming the line and column. ``+1``, ``1.0``, ``true``/``yes`` and ``false``/``no`` are accepted
-too. Without groups.yaml each attribute is its own group.
+too. Without groups.yaml each attribute is its own group. Each image may have one row only: a
+second row for the same file (``a.jpg`` and ``./a.jpg`` are the same) raises
+:class:`DuplicateRowError` with both line numbers. The file must be UTF-8.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+import posixpath
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from apcnn.data.base import AttributeDataset, require_root
-from apcnn.data.errors import DatasetOptionError, LabelShapeError, LabelValueError, MissingFileError
+from apcnn.data.base import AttributeDataset, first_duplicate, read_text, require_root
+from apcnn.data.errors import (
+    DatasetOptionError,
+    DuplicateRowError,
+    LabelShapeError,
+    LabelValueError,
+    MissingFileError,
+)
 from apcnn.data.groups import load_groups_file, singleton_groups
 from apcnn.data.registry import register_dataset
 from apcnn.data.schema import AttributeSchema
@@ -65,8 +75,7 @@ class ImageFolderAttributes(AttributeDataset):
         path = Path(root) / labels_file
         if not path.is_file():
             return ("all",)
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+        rows = read_csv_rows(path)
         lower = [h.strip().lower() for h in rows[0]] if rows else []
         if "split" not in lower:
             return ("all",)
@@ -96,8 +105,8 @@ class ImageFolderAttributes(AttributeDataset):
                 f"{csv_path}: label file not found; write labels.csv with a file-name column and "
                 "one column per attribute"
             )
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+        numbered = read_csv_rows(csv_path, numbered=True)
+        rows = [r for _, r in numbered]
         if len(rows) < 2:
             raise LabelShapeError(f"{csv_path}: needs a header row and at least one image row")
         header = [h.strip() for h in rows[0]]
@@ -114,7 +123,7 @@ class ImageFolderAttributes(AttributeDataset):
                 f"{csv_path}: attribute column names must be unique and non-empty"
             )
         files, targets, cls_names, splits = [], [], [], []
-        for lineno, row in enumerate(rows[1:], 2):
+        for lineno, row in numbered[1:]:
             if len(row) != len(header):
                 raise LabelShapeError(
                     f"{csv_path}:{lineno}: {len(row)} cells but the header has {len(header)} "
@@ -133,6 +142,7 @@ class ImageFolderAttributes(AttributeDataset):
             targets.append(vals)
             cls_names.append(row[ccol].strip() if ccol is not None else "")
             splits.append(row[scol].strip().lower() if scol is not None else "")
+        _reject_duplicates(csv_path, files, [n for n, _ in numbered[1:]])
         classes = sorted({c for c in cls_names if c}) or None
         cids = np.array(
             [classes.index(c) if classes and c else -1 for c in cls_names], dtype=np.int64
@@ -203,4 +213,29 @@ class ImageFolderAttributes(AttributeDataset):
         )
 
 
-__all__ = ["ImageFolderAttributes", "parse_label"]
+def read_csv_rows(path: Path, numbered: bool = False) -> list:
+    """Non-blank rows of a UTF-8 CSV file (``csv`` module quoting); with ``numbered``, as
+    ``(line number of the row's first line, cells)`` pairs."""
+    reader = csv.reader(io.StringIO(read_text(path, "label file"), newline=""))
+    out = []
+    start = 1
+    for row in reader:
+        if any(c.strip() for c in row):
+            out.append((start, row) if numbered else row)
+        start = reader.line_num + 1
+    return out
+
+
+def _reject_duplicates(csv_path: Path, files: list[str], linenos: list[int]) -> None:
+    """DuplicateRowError when two rows name the same image (after ``./`` and ``a/../``
+    normalisation): the image would be counted twice and could land in train and test."""
+    dup = first_duplicate([posixpath.normpath(f) for f in files])
+    if dup is not None:
+        name, i, j, repeats = dup
+        raise DuplicateRowError(
+            f"{csv_path}:{linenos[j]}: image {name!r} is already listed on line {linenos[i]} "
+            f"({repeats} repeated row(s) in all); keep one row per image"
+        )
+
+
+__all__ = ["ImageFolderAttributes", "parse_label", "read_csv_rows"]

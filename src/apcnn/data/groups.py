@@ -23,11 +23,13 @@ def load_groups_file(path: str | Path, names: Sequence[str]) -> list[tuple[str, 
     """Read ``path`` (YAML mapping group -> attributes) into ``(group, indices)`` pairs."""
     import yaml
 
+    from apcnn.data.base import read_text
+
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"{p}: groups file not found; pass an existing groups.yaml")
     try:
-        spec = yaml.safe_load(p.read_text())
+        spec = yaml.safe_load(read_text(p, "groups file"))
     except yaml.YAMLError as e:
         raise LabelValueError(f"{p}: not valid YAML ({e}); fix the file") from None
     return parse_groups(spec, names, source=str(p))

@@ -23,6 +23,7 @@ repeated epochs skip JPEG decoding.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -74,8 +75,9 @@ def _gray_to_rgb(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.repeat(g[..., None], 3, axis=2), "RGB")
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode ``path`` completely and return it as an ``RGB`` image.
+def open_rgb(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Image:
+    """Decode ``path`` completely and return it as an ``RGB`` image (``data``: its bytes,
+    already read; errors still name ``path``).
 
     Raises:
         MissingFileError: ``path`` does not exist.
@@ -83,7 +85,7 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with Image.open(p if data is None else io.BytesIO(data)) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = to_rgb(im)
@@ -103,10 +105,11 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
     return rgb
 
 
-def check_image(path: str | os.PathLike[str]) -> str | None:
-    """Decode ``path``; return ``None`` when it is a good image, else the error message."""
+def check_image(path: str | os.PathLike[str], data: bytes | None = None) -> str | None:
+    """Decode ``path`` (or its bytes ``data``); ``None`` when it is a good image, else the error
+    message."""
     try:
-        open_rgb(path)
+        open_rgb(path, data)
     except (MissingFileError, CorruptImageError) as e:
         return str(e)
     return None

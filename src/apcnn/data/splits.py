@@ -104,6 +104,11 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]
     ``data.fold`` of ``data.folds`` is the test set. Without an official ``val`` split, a seeded
     ``data.val_fraction`` of the training part is held out for calibration and monitoring.
     Splits that come from one source share its cached trunk features.
+
+    ``data.skip_bad_images``: every image is decoded once while the datasets are built
+    (``check_images=True``, unless ``data.options`` sets it) and the bad ones are dropped, with a
+    warning, before the splits are drawn. (Replacing a bad image later, while loading, would
+    leave its row without features, or give it another image's pixels.)
     """
     from . import create_dataset
 
@@ -111,6 +116,7 @@ def build_datasets(cfg: Any, transform: Any) -> dict[str, tuple[Any, np.ndarray]
     kwargs = dict(root=d.root, transform=transform, **(d.options or {}))
     if d.skip_bad_images:
         kwargs["skip_bad_images"] = True
+        kwargs.setdefault("check_images", True)
     splits = available_splits(d.name, d.root)
     if "train" in splits and "test" in splits:
         train = create_dataset(d.name, split="train", **kwargs)

@@ -3,13 +3,18 @@
 
 A run folder holds ``config.yaml`` (the resolved config), ``environment.json`` (seed, versions,
 world size), ``train.log``, ``metrics.jsonl`` (one line per step), ``checkpoints/`` (one predictor
-per method, the resume state) and, when the run ends, ``metrics.json`` and ``report.md``.
+per method, the resume state) and, when the run ends, ``metrics.json`` and ``report.md``; and
+``.lock``, held by the process that runs it (:func:`run_lock`: one process per folder).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False) -> dict[st
     """Train every method of ``cfg.train.methods`` and write the run folder ``cfg.run.out``.
 
     A folder that already holds a run is continued with ``resume=True``, replaced with
-    ``overwrite=True`` and otherwise refused (nothing is lost by accident).
+    ``overwrite=True`` and otherwise refused (nothing is lost by accident); a folder another
+    process is training into is refused (:func:`run_lock`).
 
     Returns ``{"results": {method: metrics}, "histories": ..., "schema": AttributeSchema,
     "S": final S, "W": final W, "seconds": wall time}``.
@@ -30,6 +36,58 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False) -> dict[st
     from ..config import check_data_root
 
     check_data_root(cfg)
+    with run_lock(cfg.run.out):
+        return _train_locked(cfg, resume=resume, overwrite=overwrite)
+
+
+LOCK_NAME = ".lock"  #: the run folder's lock file (holds the pid of the process that runs it)
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[Path | None]:
+    """Hold ``out/.lock`` (``fcntl.flock``, exclusive) while a run writes ``out``.
+
+    Only rank 0 (``RANK`` unset or 0) locks: the ranks of one torchrun job share the folder. A
+    second process gets a :class:`~apcnn.config.ConfigError` naming the holder's pid. The lock
+    goes with the process (the kernel drops it when the file closes, even after SIGKILL), so a
+    killed run never leaves a stale lock; the file itself stays. Yields the lock file's path
+    (None where ``fcntl`` is missing, e.g. Windows: no lock).
+    """
+    from ..runlog import current_rank
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield None
+        return
+    if current_rank() != 0:
+        yield None
+        return
+    path = Path(out) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from ..config import ConfigError
+
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise ConfigError(
+                f"run folder {out} is in use by another apcnn process (pid {pid}); wait for it "
+                "to finish or pass --out DIR for a new run"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _train_locked(cfg: Any, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     # under torchrun (WORLD_SIZE > 1) join the process group first: every rank runs this
     dist = distributed.init_distributed(
         resolve_device(cfg.train.device).type, cfg.train.dist_timeout
@@ -55,7 +113,6 @@ class DistributedRunError(RuntimeError):
 
 
 def _train(cfg: Any, dist: Any, *, resume: bool, overwrite: bool) -> dict[str, Any]:
-    from ..config import save_config
     from ..runlog import RunDir, seed_everything
 
     state = Path(cfg.run.out) / "checkpoints" / "state"
@@ -79,11 +136,15 @@ def _train(cfg: Any, dist: Any, *, resume: bool, overwrite: bool) -> dict[str, A
         distributed.barrier()
     start = time.time()
     seed_everything(cfg.train.seed)
+    requested = copy.deepcopy(cfg)  # config.yaml: as given (the trainer resolves "auto" values)
     with RunDir(cfg.run.out) as run:
-        if run.is_main:
-            save_config(cfg, run.path / "config.yaml")
-            run.write_environment(seed=cfg.train.seed, extra={"world_size": dist.world_size})
+        # a refused --resume raises in Trainer: the run's own config.yaml and environment.json
+        # are written only after it accepted the resume, so they still describe the run
+        if not resume:
+            _write_config(run, requested, dist)
         trainer = Trainer(cfg, run, resume=resume)
+        if resume:
+            _write_config(run, requested, dist)
         results = trainer.run_plan()
         head = trainer.predictor.head
         out = {
@@ -97,6 +158,15 @@ def _train(cfg: Any, dist: Any, *, resume: bool, overwrite: bool) -> dict[str, A
         }
         write_run_outputs(run, cfg, out)
     return out
+
+
+def _write_config(run: Any, cfg: Any, dist: Any) -> None:
+    """config.yaml (the config as given) and environment.json (rank 0)."""
+    from ..config import save_config
+
+    if run.is_main:
+        save_config(cfg, run.path / "config.yaml")
+        run.write_environment(seed=cfg.train.seed, extra={"world_size": dist.world_size})
 
 
 def write_run_outputs(run: Any, cfg: Any, out: dict[str, Any]) -> None:

@@ -20,6 +20,13 @@ from .. import distributed
 
 KEEP_BEST_KEYS = ("last_round", "best_round", "best_val_accuracy")
 
+#: config keys a resumed run may change: they do not change its results (where it runs, how
+#: many loader processes, how long a collective may wait, where the run folder is). Every other
+#: key (hyperparameters, data, model, seed, precision) must equal the saved run's.
+RESUME_FREE_KEYS = frozenset(
+    {"data.num_workers", "run.out", "train.device", "train.dist_timeout", "train.dist_debug"}
+)
+
 
 @dataclass
 class TrainState:
@@ -180,3 +187,77 @@ def load_training_state(path: Path, keep: KeepBest) -> tuple[TrainState, dict, d
         k[len("optim.") :]: v for k, v in tensors.items() if k.startswith("optim.")
     }
     return state, model, meta
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}`` (lists and scalars are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def config_changes(
+    saved: dict[str, Any], new: dict[str, Any], free: frozenset[str] = RESUME_FREE_KEYS
+) -> list[str]:
+    """``"key: saved -> new"`` for every config key (dotted) whose value differs, keys in
+    ``free`` excepted; ``[]`` when a run with config ``new`` may resume one saved with ``saved``.
+    A key missing on one side (a config of another version) shows as ``<unset>``."""
+    if not saved:  # a state written without its config: nothing to compare
+        return []
+    a, b = _flat(saved), _flat(new)
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        if key in free:
+            continue
+        old, now = a.get(key, "<unset>"), b.get(key, "<unset>")
+        if old != now:
+            changes.append(f"{key}: {old} -> {now}")
+    return changes
+
+
+def drop_metrics_from(path: Path, step: int) -> int:
+    """Remove the lines of ``metrics.jsonl`` (``path``) whose step is >= ``step``: what an
+    interrupted step logged before it was checkpointed, and is logged again when it reruns.
+    Rewritten atomically (rank 0); returns the number of lines dropped."""
+    import json
+
+    from ..runlog import atomic_write_bytes
+
+    if not distributed.info().is_main or not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            row = None  # a line cut by the interruption
+            dropped += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] >= step:
+            dropped += 1
+            continue
+        if line.strip():
+            kept.append(line)
+    if dropped:
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+    return dropped
+
+
+def saved_config(saved: Any) -> dict[str, Any]:
+    """A saved run's config with this version's defaults filled in (keys added since it was
+    saved do not count as changes); as saved when it does not parse, {} when absent."""
+    from ..config import TrainConfig, config_from_dict, config_to_dict
+
+    if not isinstance(saved, dict):
+        return {}
+    try:
+        return config_to_dict(config_from_dict(TrainConfig, saved))
+    except Exception:  # noqa: BLE001 - compare the raw dict then
+        return saved

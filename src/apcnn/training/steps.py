@@ -303,23 +303,33 @@ def probe(ctx: Context, weights: np.ndarray, bias: np.ndarray, keep: KeepBest | 
         keep.update("S-CNN", 0, val, ctx.predictor)
 
 
-def fit_mtl(
-    ctx: Context, method: Method, mu: float, lam: float, x: np.ndarray, **start: Any
-) -> Any:
-    """``fit_alternating`` on tail features x (n, M, D) of this rank's training rows, with the
-    per-sample penalties ``mu``, ``mtl.gamma`` and ``lam`` scaled to eq. 2 by
-    :func:`apcnn.selection.solver_penalties`; ``start``: ``W0=`` or ``L0=, S0=`` (tensors).
-    Under torchrun the solvers all-reduce their sums over samples."""
+def fit_mtl(ctx: Context, method: Method, mu: float, lam: float, x: Any, **start: Any) -> Any:
+    """``fit_alternating`` on tail features x (n, M, D) of this rank's training rows (an array,
+    or an :class:`apcnn.features_store.FactoredFeatures`), with the per-sample penalties ``mu``,
+    ``mtl.gamma`` and ``lam`` scaled to eq. 2 by :func:`apcnn.selection.solver_penalties`;
+    ``start``: ``W0=`` or ``L0=, S0=`` (tensors or arrays). The budgets ``mtl.time_budget``,
+    ``mtl.iter_budget`` and ``mtl.gap_tol`` apply per call; the log gets one line per outer
+    iteration (objective, relative decrease, KKT gap, estimated time left) and a heartbeat at
+    least every 10 seconds inside long sub-problems. Under torchrun the solvers all-reduce their
+    sums over samples."""
     from ..selection import solver_penalties
-    from ..solvers import fit_alternating
+    from ..solvers import SolverProgress, fit_alternating
 
     m_cfg, data = ctx.cfg.mtl, ctx.inputs.splits["train"]
     rows = ctx.inputs.my_rows(data)
     y, mask = data.targets[rows].cpu().numpy(), data.mask[rows].cpu().numpy()
     # n counts the labels of all ranks
     penalties = solver_penalties(data.mask, mu=mu, gamma=m_cfg.gamma, lam=lam)
-    start = {k: None if v is None else v.detach().cpu().numpy() for k, v in start.items()}
-    return fit_alternating(
+    start = {
+        k: None if v is None else np.asarray(v.detach().cpu() if torch.is_tensor(v) else v)
+        for k, v in start.items()
+    }
+    label = f"{method.name} solve (mu={mu:g})"
+
+    def report(p: SolverProgress) -> None:
+        ctx.log.info("%s: %s", label, p.line())
+
+    result = fit_alternating(
         x,
         y,
         method.groups(ctx.schema),
@@ -337,7 +347,22 @@ def fit_mtl(
         inner_tol=m_cfg.inner_tol,
         sample_reduce=distributed.all_reduce_sum if ctx.dist.distributed else None,
         task_weights=None if ctx.task_weights is None else ctx.task_weights.cpu().numpy(),
+        time_budget_s=m_cfg.time_budget,
+        iter_budget=m_cfg.iter_budget,
+        gap_tol=m_cfg.gap_tol,
+        report=report,
+        progress_every_s=10.0,
     )
+    how = {
+        "time_budget": f"stopped by mtl.time_budget={m_cfg.time_budget} s (not converged)",
+        "iter_budget": f"stopped by mtl.iter_budget={m_cfg.iter_budget} (not converged)",
+        "max_outer": f"stopped at mtl.max_outer={m_cfg.max_outer} (not converged)",
+        "kkt": f"converged (KKT gap <= mtl.gap_tol={m_cfg.gap_tol})",
+        "tol": "converged",
+    }.get(result.stop, result.stop)
+    log = ctx.log.warning if result.stop in ("time_budget", "iter_budget") else ctx.log.info
+    log("%s: %s after %d outer iterations, %.1f s", label, how, result.n_iter, result.seconds)
+    return result
 
 
 def single_heads(predictor: nn.Module) -> None:
@@ -357,6 +382,31 @@ def new_head(ctx: Context, rank: int) -> nn.Module:
     dim, m = ctx.predictor.cnn.feature_dim, ctx.schema.num_attributes
     head = LatentTaskLayer(dim, num_latent=rank, num_attributes=m)
     return head.to(ctx.device, ctx.dtype)
+
+
+def solver_features(ctx: Context, data: SplitData) -> Any:
+    """This rank's rows of ``data`` as the solvers take them (``mtl.features``): ``dense``, the
+    (n, M, D) array of :func:`tail_features`; ``factored`` (fc tails only), an
+    :class:`apcnn.features_store.FactoredFeatures` of the trunk features and the tails' weights,
+    exact and never (n, M, D) in memory (the tails run in the working precision, no autocast)."""
+    rows = ctx.inputs.my_rows(data)
+    if ctx.cfg.mtl.features != "factored":
+        return tail_features(ctx, data, rows)
+    from ..features_store import FactoredFeatures
+
+    cnn = ctx.predictor.cnn
+    if getattr(cnn, "tail", None) != "fc":
+        raise ValueError(
+            f"mtl.features=factored needs model.tail=fc (got {ctx.cfg.model.tail!r}); "
+            "use mtl.features=dense"
+        )
+    ctx.predictor.eval()
+    with torch.no_grad():
+        h = torch.cat(
+            [t.flatten(1).to(ctx.dtype).cpu() for t in ctx.inputs.trunk_batches(data, rows)]
+        )
+        tails = cnn.tails
+        return FactoredFeatures(h, tails.weight.to(ctx.dtype).cpu(), tails.bias.to(ctx.dtype).cpu())
 
 
 def solve(
@@ -379,8 +429,18 @@ def solve(
 
     m_cfg = ctx.cfg.mtl
     head = ctx.predictor.head
-    x = tail_features(
-        ctx, ctx.inputs.splits["train"], ctx.inputs.my_rows(ctx.inputs.splits["train"])
+    train = ctx.inputs.splits["train"]
+    started = time.time()
+    ctx.log.info("%s round %d: tail features of the training split", method.name, rnd)
+    x = solver_features(ctx, train)
+    ctx.log.info(
+        "%s round %d: %s tail features %s (%.2f GB) in %.1f s",
+        method.name,
+        rnd,
+        m_cfg.features,
+        "x".join(str(n) for n in x.shape),
+        x.nbytes / 1e9,
+        time.time() - started,
     )
     val: float | None = None
     if rnd > 0:
@@ -396,11 +456,17 @@ def solve(
             ctx.log.info("%s: mu=%g gives validation accuracy %.2f%%", method.name, mu, 100 * acc)
             return acc
 
-        best = choose_on_validation(
-            m_cfg.mu_grid or [m_cfg.mu],
-            lambda mu: fit_mtl(ctx, method, mu, lam, x, W0=w0),
-            validate,
-        )
+        previous: list[Any] = []  # mtl.warm_start_grid: the last mu's solution
+
+        def fit(mu: float) -> Any:
+            if m_cfg.warm_start_grid and previous:
+                result = fit_mtl(ctx, method, mu, lam, x, L0=previous[-1].L, S0=previous[-1].S)
+            else:
+                result = fit_mtl(ctx, method, mu, lam, x, W0=w0)
+            previous[:] = [result]
+            return result
+
+        best = choose_on_validation(m_cfg.mu_grid or [m_cfg.mu], fit, validate)
         val, result = best.score, best.result
         state.chosen[method.name] = {"mu": best.candidate, "val_accuracy": val}
     ctx.predictor.head.load_solution(result.L, result.S, result.bias)
@@ -420,6 +486,8 @@ def solve(
         objective=float(result.history[-1]),
         outer_iterations=int(result.n_iter),
         converged=bool(result.converged),
+        stop=str(result.stop),
+        seconds=float(result.seconds),
     )
     ctx.log.info(
         "%s round %d: solver objective %.5g after %d outer iterations",
@@ -437,7 +505,7 @@ def finish(
     """The method is done: back to its best-validated round (``keep``), Platt calibration on
     the validation split, test metrics into ``state.results``, and ``save(method, metrics,
     prior)`` writes its predictor checkpoint."""
-    from ..calibration import calibration_prior, fit_platt
+    from ..calibration import boundary_thresholds, calibration_prior, fit_platt
 
     if keep is not None:
         if not method.multitask and keep.has_best(method.name):
@@ -449,6 +517,8 @@ def finish(
     # the label frequency the calibration was fitted under (zero-shot divides by it)
     prior = [None if np.isnan(r) else float(r) for r in calibration_prior(val_targets, val_mask)]
     ctx.predictor.calibration.copy_(torch.as_tensor(params, dtype=torch.float32))
+    # decide p >= σ(c_m): the same decisions as the score > 0 the metrics count
+    ctx.predictor.threshold.copy_(torch.as_tensor(boundary_thresholds(params)))
     metrics = evaluate(ctx, "test")
     state.results[method.name] = metrics
     save(method.name, metrics, prior)

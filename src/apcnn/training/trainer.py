@@ -28,7 +28,15 @@ from ..data.schema import AttributeSchema
 from ..devices import autocast_dtype, resolve_device
 from . import steps
 from .inputs import Inputs
-from .state import KeepBest, TrainState, chosen_with_keep_best, load_training_state
+from .state import (
+    KeepBest,
+    TrainState,
+    chosen_with_keep_best,
+    config_changes,
+    drop_metrics_from,
+    load_training_state,
+    saved_config,
+)
 from .state import save_training_state as _save_state
 from .steps import METHODS, Context, Method
 
@@ -238,9 +246,9 @@ class Trainer:
     # ------------------------------------------------------------------ the plan
     def run_plan(self) -> dict[str, Any]:
         """Run the remaining steps, checkpointing after each; returns ``{method: metrics}``."""
-        from tqdm.auto import tqdm
+        from ..runlog import progress
 
-        bar = tqdm(
+        bar = progress(
             total=len(self.plan),
             initial=self.state.completed,
             desc="training",
@@ -296,7 +304,17 @@ class Trainer:
                 spec=replace(self.spec, rank=int(self.predictor.head.S.shape[0])),
                 schema=self.schema,
                 config=self.config_dict,
-                extra={"method": method, "metrics": metrics, "calibration_prior": prior},
+                extra={
+                    "method": method,
+                    "metrics": metrics,
+                    "calibration_prior": prior,
+                    # which images each split held: evaluate uses the same test split and
+                    # refuses (or warns) when an evaluated split overlaps train / val
+                    "split_ids": {
+                        split: source.sample_ids[indices].tolist()
+                        for split, (source, indices) in self.inputs.datasets.items()
+                    },
+                },
             )
         distributed.barrier()
 
@@ -328,13 +346,26 @@ class Trainer:
         loaded = load_training_state(path, self.keep)
         if loaded is None:
             self.log.info("no checkpoint in %s: starting from scratch", path.parent)
+            drop_metrics_from(self.run.metrics_path, 0)
             return
         state, model, meta = loaded
+        changes = config_changes(saved_config(meta.get("config")), self.config_dict)
+        if changes:
+            from ..config import ConfigError
+
+            raise ConfigError(
+                f"--resume of {self.run.path} with a config that changes the run's results "
+                f"({'; '.join(changes)}); resume with the run's own config (apcnn train -c "
+                f"{self.run.path / 'config.yaml'} --resume) or start a new --out folder"
+            )
         if meta["plan"] != [list(p) for p in self.plan]:
             raise CheckpointError(
                 f"{path}: the run was started with a different schedule; resume with the "
                 "config saved in the run folder or start a new --out folder"
             )
+        dropped = drop_metrics_from(self.run.metrics_path, state.completed)
+        if dropped:
+            self.log.info("metrics.jsonl: dropped %d line(s) of the interrupted step", dropped)
         self.ctx.predictor.head = steps.new_head(self.ctx, int(meta["rank"]))
         self.predictor.load_state_dict(model)
         self.state = state
