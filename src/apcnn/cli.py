@@ -582,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("apcnn: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `apcnn config show | head`: the reader left; nothing to report
+        # point stdout at devnull so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (*_user_errors(), OSError, RuntimeError) as err:
         message = error_line(err)
         if args.debug or message is None:

@@ -187,7 +187,7 @@ class _AwABase(AttributeDataset):
             elif split == s:
                 raise MissingFileError(
                     f"{f}: split file not found; split={s!r} needs {s}classes.txt (or use "
-                    "split='all')"
+                    "--split all)"
                 )
         both = split_classes.get("train", set()) & split_classes.get("test", set())
         if both:

@@ -245,7 +245,7 @@ class AttributeDataset(Dataset):
             self._drop([i for i, _ in bad])
             warnings.warn(
                 f"{type(self).__name__}: skipped {len(bad)} bad image(s) "
-                f"(skip_bad_images=True); first: {bad[0][1]}",
+                f"(data.skip_bad_images=true); first: {bad[0][1]}",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -256,7 +256,7 @@ class AttributeDataset(Dataset):
             self._warned = True
             warnings.warn(
                 f"{type(self).__name__}: skipping bad image(s) while loading "
-                f"(skip_bad_images=True; count in dataset.skipped_indices); first: {err}",
+                f"(data.skip_bad_images=true; count in dataset.skipped_indices); first: {err}",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -209,7 +209,7 @@ class CelebA(AttributeDataset):
         elif split != "all":
             raise MissingFileError(
                 f"celeba: list_eval_partition.txt not found under {base} (Eval/ or flat); "
-                f"split={split!r} needs it (or use split='all')"
+                f"split={split!r} needs it (or use --split all)"
             )
         else:
             part = np.full(len(files), -1, dtype=np.int64)
@@ -235,7 +235,7 @@ class CelebA(AttributeDataset):
         if absent and not skip_bad_images:
             raise MissingFileError(
                 f"{img_dir}: {len(absent)} image(s) listed in {attr_file.name} are missing "
-                f"(first: {absent[0]}); restore them or pass skip_bad_images=True"
+                f"(first: {absent[0]}); restore them or pass --set data.skip_bad_images=true"
             )
         if absent:
             warnings.warn(

@@ -283,7 +283,7 @@ class CUB(AttributeDataset):
             if not skip_bad_images:
                 raise MissingFileError(
                     f"{first}: image listed in images.txt is missing ({present.count(False)} in "
-                    "all); restore the images/ folder or pass skip_bad_images=True"
+                    "all); restore the images/ folder or pass --set data.skip_bad_images=true"
                 )
             warnings.warn(
                 f"cub: skipped {present.count(False)} missing image(s) (first: {first})",

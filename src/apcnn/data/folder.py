@@ -155,7 +155,7 @@ class ImageFolderAttributes(AttributeDataset):
             keep = list(range(len(files)))
         elif scol is None:
             raise DatasetOptionError(
-                f"{csv_path}: split={split!r} needs a 'split' column in labels.csv; use split='all'"
+                f"{csv_path}: split={split!r} needs a 'split' column in labels.csv; use --split all"
             )
         elif split not in sizes:
             raise DatasetOptionError(
@@ -174,7 +174,8 @@ class ImageFolderAttributes(AttributeDataset):
             if not skip_bad_images:
                 raise MissingFileError(
                     f"{first}: image named in {csv_path.name} is missing "
-                    f"({exists.count(False)} in all); fix the path or pass skip_bad_images=True"
+                    f"({exists.count(False)} in all); fix the path or pass "
+                    "--set data.skip_bad_images=true"
                 )
             warnings.warn(
                 f"folder: skipped {exists.count(False)} missing image(s) (first: {first})",

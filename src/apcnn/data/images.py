@@ -93,14 +93,14 @@ def open_rgb(path: str | os.PathLike[str], data: bytes | None = None) -> Image.I
                 rgb = im.copy()
     except FileNotFoundError:
         raise MissingFileError(
-            f"{p}: image file not found; restore it or pass skip_bad_images=True"
+            f"{p}: image file not found; restore it or pass --set data.skip_bad_images=true"
         ) from None
     except IsADirectoryError:
         raise MissingFileError(f"{p}: is a folder, expected an image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(
             f"{p}: cannot decode image ({type(e).__name__}: {e}); replace the file or pass "
-            "skip_bad_images=True"
+            "--set data.skip_bad_images=true"
         ) from None
     return rgb
 
@@ -142,7 +142,7 @@ class ResizedImageCache:
             entry = self._entry(p)
         except FileNotFoundError:
             raise MissingFileError(
-                f"{p}: image file not found; restore it or pass skip_bad_images=True"
+                f"{p}: image file not found; restore it or pass --set data.skip_bad_images=true"
             ) from None
         if entry.exists():
             try:
