@@ -182,6 +182,7 @@ def test_log_lines_go_through_an_active_bar(tmp_path, monkeypatch):
     assert written == ["solver round 1"]
 
 
+@pytest.mark.slow
 def test_a_non_terminal_run_log_has_no_carriage_returns(tmp_path):
     """``apcnn train`` with stderr redirected to a file: progress as plain lines, no '\\r'."""
     import subprocess

@@ -103,6 +103,7 @@ def _feature_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("APCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("_feature_cache")
 def test_training_with_factored_features_and_budgets(tmp_path):
     """mtl.features=factored solves the same problem as the dense array (float64: the same
