@@ -71,7 +71,8 @@ def _fill_in(root: Path, n: int = 30) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    header = (root / "labels.csv").read_text().splitlines()[0]
+    lines = (root / "labels.csv").read_text().splitlines()
+    header = next(line for line in lines if not line.startswith("#"))  # after the help lines
     names = header.split(",")[1:]
     rows = [header]
     for i in range(n):

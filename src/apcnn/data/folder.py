@@ -215,13 +215,14 @@ class ImageFolderAttributes(AttributeDataset):
 
 
 def read_csv_rows(path: Path, numbered: bool = False) -> list:
-    """Non-blank rows of a UTF-8 CSV file (``csv`` module quoting); with ``numbered``, as
-    ``(line number of the row's first line, cells)`` pairs."""
+    """Non-blank rows of a UTF-8 CSV file (``csv`` module quoting) that are not comments (a
+    first cell starting with ``#``); with ``numbered``, as ``(line number of the row's first
+    line, cells)`` pairs."""
     reader = csv.reader(io.StringIO(read_text(path, "label file"), newline=""))
     out = []
     start = 1
     for row in reader:
-        if any(c.strip() for c in row):
+        if any(c.strip() for c in row) and not row[0].lstrip().startswith("#"):
             out.append((start, row) if numbered else row)
         start = reader.line_num + 1
     return out

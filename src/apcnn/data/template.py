@@ -7,8 +7,8 @@ Writes::
     DIR/groups.yaml      attribute groups for MG-CNN, explained in comments
     DIR/README.txt       the next steps and the labels.csv format
 
-The format notes go into ``labels.csv`` itself as ``#`` lines once the ``folder`` reader skips
-such lines (:data:`COMMENTED_CSV`); until then they are in README.txt. Once the two example
+The format notes are in ``labels.csv`` itself as ``#`` lines (the ``folder`` reader skips a row
+whose first cell starts with ``#``) and in README.txt. Once the two example
 images (``images/example1.jpg``, ``images/example2.jpg``) exist, or the example rows are replaced
 by your own, ``apcnn data verify folder --root DIR`` accepts the folder.
 """
@@ -38,8 +38,8 @@ example1.jpg,1,0,yes,no,
 example2.jpg,0,1,no,yes,1
 """
 
-#: True once the folder reader skips '#' lines in labels.csv: then the help goes in the file.
-COMMENTED_CSV = False
+#: The help goes into labels.csv as '#' lines (the folder reader skips them).
+COMMENTED_CSV = True
 
 LABELS_CSV = (
     "".join(f"# {line}\n" for line in LABELS_HELP.splitlines()) if COMMENTED_CSV else ""
