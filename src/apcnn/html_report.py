@@ -507,6 +507,16 @@ def _solver_history_png(calls: Sequence[Sequence[float]], method: str) -> bytes:
     return _png(fig)
 
 
+def _shown_arrays(scored: Mapping[str, Any], method: str) -> tuple[Any, Any, Any, Any]:
+    """(probabilities, thresholds, targets, mask) of ``method`` on the re-scored split."""
+    return (
+        scored["probs"][method],
+        scored["thresholds"][method],
+        scored["targets"],
+        scored["mask"],
+    )
+
+
 def _shown_method(scores: Mapping[str, Any]) -> str | None:
     """The method whose examples and decisions the report shows: MG-CNN, else the last."""
     if not scores:
@@ -652,36 +662,20 @@ def write_html_report(
 
     # ---------------------------------------------------------------- examples, decisions
     shown = _shown_method(scored.get("scores", {}))
+    # why the sections that need the re-scored test split are missing, when they are
+    not_scored = f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>'
     parts.append("<h2>Examples</h2>")
     if shown is None:
-        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>')
+        parts.append(not_scored)
     else:
-        sc = scored
         parts.append(
-            _examples_section(
-                sc["dataset"],
-                shown,
-                sc["probs"][shown],
-                sc["thresholds"][shown],
-                sc["targets"],
-                sc["mask"],
-                schema,
-            )
+            _examples_section(scored["dataset"], shown, *_shown_arrays(scored, shown), schema)
         )
     parts.append("<h2>Decisions per attribute: thresholds and confusion counts</h2>")
     if shown is None:
-        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>')
+        parts.append(not_scored)
     else:
-        parts.append(
-            _decisions_table(
-                shown,
-                scored["probs"][shown],
-                scored["thresholds"][shown],
-                scored["targets"],
-                scored["mask"],
-                schema,
-            )
-        )
+        parts.append(_decisions_table(shown, *_shown_arrays(scored, shown), schema))
     parts.append("<h2>Labels per split</h2>")
     if splits:
         parts.append(_label_counts_table(splits, schema))
@@ -733,7 +727,7 @@ def write_html_report(
     if not pr_curves:
         parts.append('<p class="note">Skipped (pr_curves=False / --no-pr).</p>')
     elif not scored:
-        parts.append(f'<p class="note">Skipped: {_esc(_why_not(data, pr_curves, data_error))}.</p>')
+        parts.append(not_scored)
     else:
         parts.append(
             f"<p>On the {_esc(split)} split ({scored['targets'].shape[0]} images), raw "

@@ -1,5 +1,5 @@
 """Inference with a trained predictor checkpoint: metrics on a split of its dataset, per-image
-predictions (``apcnn evaluate``, ``apcnn predict``). Training lives in :mod:`apcnn.engine`."""
+predictions (``apcnn evaluate``, ``apcnn predict``). Training lives in :mod:`apcnn.training`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,27 @@ from .data.splits import build_datasets
 from .devices import resolve_device
 
 
+def checkpoint_splits(
+    meta: dict[str, Any], root: str | None = None
+) -> tuple[Any, dict[str, tuple[Any, np.ndarray]]]:
+    """(config, ``{split: (source dataset, indices)}``) of the data a predictor checkpoint was
+    trained on, cut again from the checkpoint's own config (same folds and seeds) and seen
+    through its evaluation transform; ``root`` points it at another copy of the data."""
+    from .config import TrainConfig, config_from_dict
+    from .predictor import checkpoint_spec
+
+    cfg = config_from_dict(TrainConfig, meta["config"])
+    if root is not None:
+        cfg.data.root = root
+    return cfg, build_datasets(cfg, checkpoint_spec(meta).eval_transform())
+
+
+def _split_of(datasets: dict[str, Any], split: str) -> tuple[Any, np.ndarray]:
+    if split not in datasets:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
+    return datasets[split]
+
+
 def checkpoint_dataset(
     meta: dict[str, Any], *, split: str = "test", root: str | None = None
 ) -> tuple[Any, Any]:
@@ -23,17 +44,8 @@ def checkpoint_dataset(
     checkpoint's evaluation transform (:meth:`ModelSpec.eval_transform
     <apcnn.models.spec.ModelSpec.eval_transform>`); ``root`` points it at another copy of the data.
     """
-    from .config import TrainConfig, config_from_dict
-    from .predictor import checkpoint_spec
-
-    transform = checkpoint_spec(meta).eval_transform()
-    cfg = config_from_dict(TrainConfig, meta["config"])
-    if root is not None:
-        cfg.data.root = root
-    datasets = build_datasets(cfg, transform)
-    if split not in datasets:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
-    source, indices = datasets[split]
+    cfg, datasets = checkpoint_splits(meta, root)
+    source, indices = _split_of(datasets, split)
     return cfg, source.subset(indices)
 
 
@@ -87,17 +99,8 @@ def _checkpoint_split(meta: dict[str, Any], *, split: str, root: str | None) -> 
     """(config, source dataset, indices) of ``split``: the recorded sample ids when the source
     holds them all, else the split rebuilt from the checkpoint's config (with a warning when the
     checkpoint recorded another one)."""
-    from .config import TrainConfig, config_from_dict
-    from .predictor import checkpoint_spec
-
-    transform = checkpoint_spec(meta).eval_transform()
-    cfg = config_from_dict(TrainConfig, meta["config"])
-    if root is not None:
-        cfg.data.root = root
-    datasets = build_datasets(cfg, transform)
-    if split not in datasets:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(datasets)}")
-    source, indices = datasets[split]
+    cfg, datasets = checkpoint_splits(meta, root)
+    source, indices = _split_of(datasets, split)
     recorded = (meta.get("split_ids") or {}).get(split)
     if recorded is not None:
         rows = recorded_split(source, recorded, split)

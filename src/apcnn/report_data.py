@@ -136,14 +136,9 @@ def test_split_scores(
 
 def _split_datasets(meta: Mapping[str, Any], root: str | None) -> tuple[Any, dict[str, Any]]:
     """(config, {split: dataset}) of a checkpoint's data: every split, as training cut them."""
-    from .config import TrainConfig, config_from_dict
-    from .data.splits import build_datasets
-    from .predictor import checkpoint_spec
+    from .inference import checkpoint_splits
 
-    cfg = config_from_dict(TrainConfig, meta["config"])
-    if root is not None:
-        cfg.data.root = root
-    built = build_datasets(cfg, checkpoint_spec(meta).eval_transform())
+    cfg, built = checkpoint_splits(dict(meta), root)
     return cfg, {name: source.subset(idx) for name, (source, idx) in built.items()}
 
 

@@ -113,14 +113,16 @@ def build_inputs(cfg: Any, run: Any) -> tuple[Inputs, AttributeSchema, Any, Any]
     return inputs, datasets["train"][0].schema, backbone, info
 
 
-def build_predictor(cfg: Any, backbone: Any, schema: AttributeSchema) -> Any:
+def new_predictor(
+    cfg: Any, backbone: Any, schema: AttributeSchema, device: torch.device, dtype: torch.dtype
+) -> Any:
     """The predictor a run trains: attribute-specific tails on ``backbone`` and an S-CNN head
-    (S = I); tails and head in ``train.precision``, the trunk (and the feature cache) float32."""
+    (S = I) on ``device``; tails and head in ``dtype`` (``train.precision``), the trunk (and the
+    feature cache) float32."""
     from ..models.fc_tail import build_attribute_cnn
     from ..models.latent import LatentTaskLayer
     from ..predictor import AttributePredictor
 
-    device, dtype, _ = _precision(cfg)
     m = schema.num_attributes
     cnn = build_attribute_cnn(
         backbone,
@@ -164,10 +166,10 @@ class Trainer:
         weights = None if weights in (None, "auto") else check_task_weights(weights, names)
         self.methods = check_methods(list(cfg.train.methods))
         self.plan = make_plan(cfg.train, self.methods)
-        predictor = build_predictor(cfg, backbone, self.schema)
-        self.inputs.cnn = predictor.cnn
-        self.spec = ModelSpec.from_config(cfg, info, predictor.cnn.feature_dim, len(names))
         i = self.inputs
+        predictor = new_predictor(cfg, backbone, self.schema, i.device, i.dtype)
+        i.cnn = predictor.cnn
+        self.spec = ModelSpec.from_config(cfg, info, predictor.cnn.feature_dim, len(names))
         self.ctx = Context(cfg, predictor, i, self.schema, i.device, i.dtype, i.amp, run)
         self.state = TrainState()
         self.keep = KeepBest(run.path / "checkpoints", log=self.log)
