@@ -161,3 +161,77 @@ def test_predictions_agree_with_probabilities_and_with_onnx(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "decision: p >= each attribute's threshold (saved in the model)"
     assert main(["predict", "--checkpoint", str(ckpt), "--threshold", "2", *paths[:1]]) == 2
+
+
+# ------------------------------------------------------------------- thresholds on validation
+def _accuracy(p, y, t):
+    return float(np.mean((p >= t) == y))
+
+
+def _balanced(p, y, t):
+    d = p >= t
+    return 0.5 * (float(np.mean(d[y])) + float(np.mean(~d[~y])))
+
+
+def _imbalanced(seed=0, n=300, dtype=np.float32):
+    """One attribute, 10 % positives, probabilities that overlap: positives U(0.2, 0.6),
+    negatives U(0, 0.4), so the boundary 0.5 misses most positives."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.1
+    p = np.where(y, rng.uniform(0.2, 0.6, n), rng.uniform(0.0, 0.4, n)).astype(dtype)
+    return p[:, None], np.where(y, 1.0, -1.0)[:, None], np.ones((n, 1), bool), y
+
+
+def test_balanced_rule_raises_balanced_accuracy_on_an_imbalanced_attribute():
+    from apcnn.calibration import choose_thresholds
+
+    p, t, mask, y = _imbalanced()
+    boundary = np.array([0.5])
+    (chosen,) = choose_thresholds(p, t, mask, "balanced", boundary)
+    before, after = _balanced(p[:, 0], y, 0.5), _balanced(p[:, 0], y, chosen)
+    assert after > before + 0.2  # 0.5 catches few positives; ~0.3 separates most
+    assert 0.2 < chosen < 0.45
+    # it is the best over every possible cut (brute force over the data points and beyond)
+    cuts = np.concatenate([np.unique(p), [1.1]])
+    assert after >= max(_balanced(p[:, 0], y, c) for c in cuts) - 1e-12
+    # the stored precision decides exactly as it was scored
+    assert chosen.dtype == np.float32
+
+
+def test_accuracy_rule_never_lowers_accuracy_below_the_boundary():
+    from apcnn.calibration import choose_thresholds
+
+    rng = np.random.default_rng(1)
+    for seed in range(20):
+        p, t, mask, y = _imbalanced(seed, n=int(rng.integers(5, 80)), dtype=np.float64)
+        if y.all() or not y.any():
+            continue
+        boundary = rng.uniform(0.05, 0.95, 1)
+        (chosen,) = choose_thresholds(p, t, mask, "accuracy", boundary)
+        best = max(_accuracy(p[:, 0], y, c) for c in np.concatenate([np.unique(p), [1.1]]))
+        assert _accuracy(p[:, 0], y, chosen) == best >= _accuracy(p[:, 0], y, boundary[0])
+
+
+def test_threshold_fallbacks_and_ties_keep_the_boundary():
+    from apcnn.calibration import choose_thresholds
+
+    p = np.array([[0.1, 0.2, 0.3], [0.4, 0.6, 0.5], [0.8, 0.9, 0.7], [0.2, 0.7, 0.9]])
+    t = np.array([[-1, 1, 1], [-1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=float)
+    mask = np.ones_like(t, dtype=bool)
+    boundary = np.array([0.5, 0.55, 0.45])
+    # column 0: 0.5 already separates perfectly, as does every cut in (0.4, 0.8]: kept (ties go
+    # to the boundary); column 2: one class only: kept
+    out = choose_thresholds(p, t, mask, "balanced", boundary)
+    assert out[0] == 0.5 and out[2] == 0.45
+    # column 1: positives 0.2, 0.7, 0.9, negative 0.6; the boundary 0.55 gets 2 of 4 right.
+    # Balanced: a cut in (0.6, 0.7] (5/6). Accuracy: that cut and "all positive" (0.1) tie at
+    # 3/4; the tie goes to the one nearer the boundary, 0.65
+    assert out[1] == pytest.approx(0.65)
+    assert choose_thresholds(p, t, mask, "accuracy", boundary)[1] == pytest.approx(0.65)
+    np.testing.assert_array_equal(choose_thresholds(p, t, mask, "0", boundary), boundary)
+    none = np.zeros_like(mask)
+    np.testing.assert_array_equal(choose_thresholds(p, t, none, "accuracy", boundary), boundary)
+    with pytest.raises(ValueError, match="threshold rule"):
+        choose_thresholds(p, t, mask, "f1", boundary)
+    with pytest.raises(ValueError, match="boundary"):
+        choose_thresholds(p, t, mask, "balanced", boundary[:2])

@@ -106,3 +106,38 @@ def test_bad_shapes_are_refused():
         FactoredFeatures(np.ones((3, 4)), np.ones((2, 5, 3)))
     with pytest.raises(ValueError, match="bias"):
         FactoredFeatures(np.ones((3, 4)), np.ones((2, 5, 4)), np.ones((5, 2)))
+
+
+@pytest.mark.parametrize("signed_h", [False, True])
+def test_scan_by_blocks_with_compact_indices(monkeypatch, signed_h):
+    """Blocks of 3 tail rows and a few samples at a time (a bound that prunes entries, or none
+    with signed h): the same nonzeros and products, int32 rows and int16 columns."""
+    import apcnn.features_store as fs
+
+    monkeypatch.setattr(fs, "_CHUNK_BYTES", 8 * DH * 3)
+    rng = np.random.default_rng(3)
+    h = rng.standard_normal((N, DH)) if signed_h else np.abs(rng.standard_normal((N, DH)))
+    A = np.eye(D, DH) + 0.4 * rng.standard_normal((M, D, DH)) * (rng.random((M, D, 1)) < 0.5)
+    c = 0.2 * rng.random((M, D))
+    F = FactoredFeatures(h, A, c)
+    u = np.einsum("nk,mdk->nmd", h, A) + c
+    assert F.nnz == int((u < 0).sum()) > 0
+    assert F.rows.dtype == torch.int32 and F.cols.dtype == torch.int16
+    assert F.nbytes == 8 * (h.size + A.size + c.size) + (4 + 2 + 8) * F.nnz
+    Xt = torch.as_tensor(np.maximum(u, 0))
+    W = torch.as_tensor(rng.standard_normal((D, M)))
+    G = torch.as_tensor(rng.standard_normal((N, M)))
+    L = torch.as_tensor(rng.standard_normal((D, K)))
+    torch.testing.assert_close(F.scores(W), torch.einsum("nmd,dm->nm", Xt, W))
+    torch.testing.assert_close(F.XtG(G), torch.einsum("nm,nmd->dm", G, Xt))
+    torch.testing.assert_close(F.project(L), torch.einsum("nmd,dk->mnk", Xt, L))
+
+
+def test_non_finite_tails_are_refused_in_any_chunk(monkeypatch):
+    import apcnn.features_store as fs
+
+    monkeypatch.setattr(fs, "_CHUNK_BYTES", 8 * D * DH)  # one attribute's matrix per chunk
+    A = np.ones((M, D, DH))
+    A[-1, -1, -1] = np.inf  # in the last chunk
+    with pytest.raises(ValueError, match="weight contains NaN or inf"):
+        FactoredFeatures(np.ones((3, DH)), A)

@@ -53,6 +53,11 @@ def test_report_is_self_contained_and_complete(report, run_dir):
         "<h2>Examples</h2>",
         "<h2>Decisions per attribute: thresholds and confusion counts</h2>",
         "<th>threshold</th><th>TP</th><th>FP</th><th>FN</th><th>TN</th>",
+        "Thresholds: <code>train.threshold: 0</code>, the trained boundary",
+        "inst-F1</th>",
+        "<h3>Instance-based metrics (%)</h3>",
+        "<h3>Instance F1 per group (%)</h3>",
+        "<h3>mA: mean balanced accuracy (%)</h3>",
         "<h2>Labels per split</h2>",
         "train (+ / − / ?)",
         "|S| of MG-CNN",
@@ -102,19 +107,38 @@ def test_cli_report_without_pr_curves(run_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_rescored_test_split_reproduces_metrics_json(run_dir):
-    """The PR curves' scores are the ones training evaluated (same split, same numbers)."""
+    """The PR curves' scores are the ones training evaluated (same split, same numbers), and
+    the decisions the report shows (p >= the checkpoint's threshold) give the saved metrics;
+    with the default rule (train.threshold: "0") they are the trained boundary's, score > 0."""
     import json
 
     from apcnn.html_report import load_run, test_split_scores
     from apcnn.metrics import attribute_metrics
+    from apcnn.report_data import score_run
 
     data = load_run(run_dir)
     scores, targets, mask = test_split_scores(data["checkpoints"])
+    scored, _ = score_run(data["checkpoints"], "test", None, "cpu", True)
     saved = json.loads((run_dir / "metrics.json").read_text())["methods"]
     assert set(scores) == set(saved) == {"S-CNN", "M-CNN", "MG-CNN"}
     for method, s in scores.items():
-        total = attribute_metrics(s, targets, mask, data["schema"])["accuracy"]["total"]
-        assert total == pytest.approx(saved[method]["total"], abs=1e-6)
+        np.testing.assert_array_equal(scored["scores"][method], s)
+        assert scored["rules"][method] == "0" == saved[method]["thresholds"]["rule"]
+        decided = scored["probs"][method] >= scored["thresholds"][method]
+        by_threshold = attribute_metrics(s, targets, mask, data["schema"], decisions=decided)
+        by_score = attribute_metrics(s, targets, mask, data["schema"])  # score > 0
+        for metric in ("accuracy", "balanced_accuracy", "f1"):
+            assert by_threshold[metric]["total"] == by_score[metric]["total"]
+            assert by_threshold[metric]["per_attribute"] == pytest.approx(
+                by_score[metric]["per_attribute"], nan_ok=True, rel=0, abs=0
+            )
+        assert by_threshold["instance"] == by_score["instance"]
+        assert by_threshold["accuracy"]["total"] == pytest.approx(saved[method]["total"], abs=1e-6)
+        f1 = saved[method]["instance"]["f1"]["total"]
+        assert by_threshold["instance"]["f1"]["total"] == pytest.approx(f1, abs=1e-6)
+        np.testing.assert_allclose(
+            scored["thresholds"][method], scored["boundaries"][method], rtol=1e-6
+        )
     # W = L S from the checkpoint tensors, S of MG-CNN has the configured rank
     assert data["S"]["MG-CNN"].shape == (8, 13)
     assert data["W"]["MG-CNN"].shape == (data["L"]["MG-CNN"].shape[0], 13)

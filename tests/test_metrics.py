@@ -191,3 +191,119 @@ def test_metrics_with_explicit_decisions():
     assert cut["average_precision"]["total"] == plain["average_precision"]["total"]
     with pytest.raises(ValueError, match="decisions"):
         attribute_metrics(s, y, None, schema, decisions=np.ones((3, 1), bool))
+
+
+# ------------------------------------------------------------------- instance-based metrics
+# columns a, b (group g1), c, d (g2); image 3 has no label at all (left out)
+I_DECISIONS = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]], dtype=bool)
+I_TARGETS = np.array(
+    [[1, 1, 1, NAN], [-1, 1, -1, -1], [1, -1, -1, 1], [NAN, NAN, NAN, NAN]], dtype=float
+)
+I_MASK = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+
+
+@pytest.mark.filterwarnings("error")
+def test_instance_metrics_hand_computed():
+    """Image 0: P = {a, c}, T = {a, b, c}: acc 2/3, prec 1, rec 2/3. Image 1: no predicted
+    positive, T = {b}: 0, 0 (empty |P| counts 0), 0. Image 2: P = T = {a} (the masked c, decided
+    yes but labelled no, and the masked d are ignored): 1, 1, 1. Image 3: nothing labelled, left
+    out. F1 from the averaged P = 2/3 and R = 5/9: 20/33 (the mean of per-image F1s is 0.6)."""
+    from apcnn.metrics import instance_metrics
+
+    r = instance_metrics(I_DECISIONS, I_TARGETS, I_MASK)
+    assert r["n"] == 3
+    assert r["accuracy"] == pytest.approx(5 / 9)
+    assert r["precision"] == pytest.approx(2 / 3)
+    assert r["recall"] == pytest.approx(5 / 9)
+    assert r["f1"] == pytest.approx(20 / 33)
+    # group g1 (a, b): image 0 P = {a}, T = {a, b}; image 1 P = {}, T = {b}; image 2 P = T = {a}
+    g1 = instance_metrics(I_DECISIONS, I_TARGETS, I_MASK, (0, 1))
+    assert (g1["accuracy"], g1["precision"], g1["recall"]) == pytest.approx((1 / 2, 2 / 3, 1 / 2))
+    assert g1["f1"] == pytest.approx(4 / 7) and g1["n"] == 3
+    # group g2 (c, d): image 0 P = T = {c}; image 1 no positive at all: 0 everywhere (eps);
+    # image 2 has no labelled c or d: left out
+    g2 = instance_metrics(I_DECISIONS, I_TARGETS, I_MASK, (2, 3))
+    assert g2 == pytest.approx(
+        {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "n": 2}
+    )
+    empty = instance_metrics(I_DECISIONS, I_TARGETS, np.zeros_like(I_MASK))
+    assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("accuracy", "precision", "f1"))
+    assert instance_metrics(np.zeros((1, 2), bool), [[-1, -1]], np.ones((1, 2), bool))["f1"] == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        instance_metrics(I_DECISIONS[:2], I_TARGETS, I_MASK)
+
+
+def test_instance_metrics_match_scikit_learn_samples_average():
+    """Fully labelled: the same as scikit-learn's average="samples" with zero_division=0
+    (jaccard = instance accuracy), images without any positive included."""
+    from sklearn.metrics import jaccard_score, precision_score, recall_score
+
+    from apcnn.metrics import instance_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.random((40, 6)) < 0.3
+    d = rng.random((40, 6)) < 0.3
+    y[0], d[0] = False, False  # neither
+    y[1], d[1] = False, True  # no true positive
+    r = instance_metrics(d, np.where(y, 1.0, -1.0), np.ones_like(y))
+    kw = {"average": "samples", "zero_division": 0}
+    assert r["accuracy"] == pytest.approx(jaccard_score(y, d, **kw))
+    assert r["precision"] == pytest.approx(precision_score(y, d, **kw))
+    assert r["recall"] == pytest.approx(recall_score(y, d, **kw))
+
+
+def test_attribute_metrics_instance_block_total_and_groups():
+    scores = np.where(I_DECISIONS, 1.0, -1.0)
+    r = attribute_metrics(scores, I_TARGETS, I_MASK, SCHEMA)
+    inst = r["instance"]
+    assert set(inst) == {"accuracy", "precision", "recall", "f1", "num_images"}
+    assert inst["f1"]["total"] == pytest.approx(20 / 33)
+    # per group, an image with nothing to find and nothing found is left out: image 1 has
+    # neither a true nor a predicted positive in g2 (it counts 0 in the total, as published)
+    assert inst["accuracy"]["groups"] == pytest.approx({"g1": 0.5, "g2": 1.0})
+    assert inst["f1"]["groups"]["g1"] == pytest.approx(4 / 7)
+    assert inst["num_images"] == {"total": 3, "groups": {"g1": 3, "g2": 1}}
+    # decisions= replace score > 0 here too
+    flipped = attribute_metrics(scores, I_TARGETS, I_MASK, SCHEMA, decisions=~I_DECISIONS)
+    assert flipped["instance"]["f1"]["total"] != pytest.approx(20 / 33)
+
+
+def test_method_block_carries_instance_metrics_and_thresholds():
+    f1 = attribute_metrics(np.where(I_DECISIONS, 1.0, -1.0), I_TARGETS, I_MASK, SCHEMA)
+    f2 = attribute_metrics(SCORES, TARGETS, MASK, SCHEMA)
+    f1["thresholds"] = {
+        "rule": "balanced",
+        "per_attribute": {"a": 0.2, "b": 0.4, "c": 0.5, "d": 0.5},
+    }
+    f2["thresholds"] = {
+        "rule": "balanced",
+        "per_attribute": {"a": 0.4, "b": 0.6, "c": 0.5, "d": 0.5},
+    }
+    block = method_block([f1, f2], SCHEMA)
+    inst = block["instance"]
+    assert set(inst) == {"accuracy", "precision", "recall", "f1"}
+    for name in inst:
+        folds = [f["instance"][name]["total"] for f in (f1, f2)]
+        assert inst[name]["metric"] == f"instance_{name}"
+        assert inst[name]["folds"] == pytest.approx(folds)
+        assert inst[name]["total"] == pytest.approx(np.mean(folds))
+        assert inst[name]["std"]["total"] == pytest.approx(np.std(folds, ddof=1))
+        assert "per_attribute" not in inst[name]
+        g = [f["instance"][name]["groups"]["g2"] for f in (f1, f2)]
+        assert inst[name]["groups"]["g2"] == pytest.approx(np.mean(g))
+    assert block["thresholds"] == {
+        "rule": "balanced",
+        "per_attribute": pytest.approx({"a": 0.3, "b": 0.5, "c": 0.5, "d": 0.5}),
+    }
+    json.dumps(block, allow_nan=False)
+    # a group without a labelled image in every fold: null, strict JSON
+    none_g2 = attribute_metrics(SCORES, TARGETS, MASK & np.array([1, 1, 0, 0], bool), SCHEMA)
+    one = method_block([none_g2], SCHEMA)
+    assert one["instance"]["f1"]["groups"]["g2"] is None
+    assert "thresholds" not in one  # no fold has thresholds
+    json.dumps(one, allow_nan=False)
+    # older fold results without instance metrics: no block, no error
+    old = {k: v for k, v in f2.items() if k != "instance"}
+    assert "instance" not in method_block([old], SCHEMA)
+    mixed = method_block([f1, dict(f2, thresholds={"rule": "0", "per_attribute": {}})], SCHEMA)
+    assert mixed["thresholds"]["rule"] == "mixed"

@@ -82,7 +82,7 @@ def test_format_table_sub_block():
     }
     table = format_table(r, key="balanced_accuracy")
     assert "60.00" in table and "S-CNN" not in table
-    assert table.splitlines()[0].startswith("balanced_accuracy")
+    assert table.splitlines()[0].startswith("mA (%)")  # the tables' name for balanced accuracy
 
 
 def test_write_report_files(tmp_path):
@@ -116,7 +116,9 @@ def test_write_report_files(tmp_path):
     total = f"{100 * res['methods']['MG-CNN']['total']:.2f}"
     assert total in text and "(92.82)" in text  # paper numbers: the schema has Table II groups
     assert "Against the paper" in text and "- MG-CNN: " in text  # and where we stand against them
-    assert "Balanced accuracy" in text and "Average precision" in text
+    assert "### mA (mean balanced accuracy)" in text and "Average precision" in text
+    assert "### Instance-based metrics" in text and "instance F1 (%)" in text
+    assert "inst-F1: instance F1" in text
     assert "colors_0" in text  # per-attribute table
 
 
@@ -203,13 +205,15 @@ def test_headline_table_has_accuracy_and_mA_and_flags_a_majority_class_attribute
     block = {"methods": {"S-CNN": method_block([fold], schema)}}
     table = format_table(block, None, title="accuracy (%) on the test split")
     lines = table.splitlines()
-    assert lines[0] == "accuracy and mA (%) on the test split"
-    assert lines[1].split() == ["method", *GROUPS, "total", "mA"]
+    assert lines[0] == "accuracy, mA and instance F1 (%) on the test split"
+    assert lines[1].split() == ["method", *GROUPS, "total", "mA", "inst-F1"]
     row = lines[3].split()
     acc = 100 * fold["accuracy"]["total"]
     ma = 100 * fold["balanced_accuracy"]["total"]
-    assert row == ["S-CNN", *row[1:5], f"{acc:.2f}", f"{ma:.2f}"] and ma < acc
+    f1 = 100 * fold["instance"]["f1"]["total"]
+    assert row == ["S-CNN", *row[1:5], f"{acc:.2f}", f"{ma:.2f}", f"{f1:.2f}"] and ma < acc
     assert any(line.startswith("mA: mean balanced accuracy") for line in lines)
+    assert any(line.startswith("inst-F1: instance F1") for line in lines)
     chance = [line for line in lines if line.startswith("at chance")]
     assert chance == [
         "at chance (S-CNN, balanced accuracy within 2 points of 50 %, 1 of 8): colors_0"
@@ -258,3 +262,51 @@ def test_S_plot_is_cropped_to_latent_tasks_in_use(tmp_path):
     cropped = Image.open(tmp_path / "S.png").size
     _plot_S(tmp_path / "full.png", np.ones((64, schema.num_attributes)), schema)
     assert cropped[1] < Image.open(tmp_path / "full.png").size[1]  # 3 rows, not 64
+
+
+def test_instance_table_and_f1_column_with_fold_spread():
+    from apcnn.reports import instance_table
+
+    schema = clothing_schema()
+    folds = [majority_fold(schema, seed=s) for s in (0, 1)]
+    block = method_block(folds, schema)
+    text = instance_table({"methods": {"MG-CNN": block}})
+    lines = text.splitlines()
+    assert lines[0].startswith("instance-based metrics (%)") and "± std over folds" in lines[0]
+    assert lines[1].split() == ["method", "accuracy", "precision", "recall", "F1"]
+    inst = block["instance"]
+    expected = [
+        f"{100 * inst[n]['total']:.2f} ± {100 * inst[n]['std']['total']:.2f}"
+        for n in ("accuracy", "precision", "recall", "f1")
+    ]
+    assert lines[3].startswith("MG-CNN") and all(e in lines[3] for e in expected)
+    table = format_table({"MG-CNN": block})
+    assert table.splitlines()[1].split()[-1] == "inst-F1"
+    assert expected[-1] in table.splitlines()[3]
+    by_group = format_table({"MG-CNN": block}, key="instance.f1")
+    assert by_group.splitlines()[0].startswith("instance F1 (%)")
+    g = inst["f1"]["groups"]["patterns"]
+    assert f"{100 * g:.2f}" in by_group
+    # blocks without instance metrics (older results): no column, no table
+    bare = {k: v for k, v in block.items() if k != "instance"}
+    assert "inst-F1" not in format_table({"MG-CNN": bare}) and instance_table({"M": bare}) == ""
+    # the paper's numbers stay on the accuracy columns
+    with_paper = format_table({"MG-CNN": block}, PAPER_TABLE_III).splitlines()
+    mg = next(line for line in with_paper if line.startswith("MG-CNN"))
+    assert mg.endswith(expected[-1]) and "(92.82)" in mg
+
+
+def test_report_md_names_the_threshold_rule_and_lists_the_thresholds(tmp_path):
+    schema = clothing_schema()
+    fold = majority_fold(schema)
+    fold["thresholds"] = {
+        "rule": "balanced",
+        "per_attribute": {n: 0.25 + 0.01 * i for i, n in enumerate(schema.names)},
+    }
+    res = {"methods": {"MG-CNN": method_block([fold], schema)}}
+    text = write_report(tmp_path, res, schema=schema, paper=None).read_text()
+    assert "### Decision thresholds (decide p >= t)" in text
+    assert "- MG-CNN: `train.threshold: balanced`, chosen on the validation split" in text
+    assert (
+        "| colors_0 | colors | 0.250 |" in text and "| appearance_0 | appearance | 0.320 |" in text
+    )

@@ -68,3 +68,41 @@ def test_linear_probe_returns_weights_for_the_features_as_given():
     W2, b2, lams2 = linear_probe(np.repeat(x[:, None], 3, axis=1), y, mask, lams=lams)
     np.testing.assert_allclose(W2, W, rtol=1e-5, atol=1e-8)
     np.testing.assert_array_equal(lams2, lams)
+
+
+def test_penalties_scale_with_the_weighted_count_of_labels():
+    """With sample weights, per-sample penalties are per unit of loss weight: n is the mean over
+    attributes of the labelled entries' summed weights (unlabelled weights, NaN included, are
+    ignored); all-one weights give the plain count."""
+    import torch
+
+    from apcnn.selection import penalty_scale, solver_penalties
+
+    mask = np.array([[True, False], [True, True], [False, True], [True, True]])
+    w = np.array([[2.0, np.nan], [0.5, 1.0], [7.0, 3.0], [1.5, 0.0]])
+    assert penalty_scale(mask) == 3.0
+    assert penalty_scale(mask, w) == pytest.approx((4.0 + 4.0) / 2)
+    assert penalty_scale(torch.as_tensor(mask), torch.as_tensor(w)) == pytest.approx(4.0)
+    assert penalty_scale(mask, np.ones(mask.shape)) == penalty_scale(mask)
+    got = solver_penalties(mask, sample_weights=w, mu=0.5, lam=2.0)
+    assert got == pytest.approx({"mu": 2.0, "lam": 8.0})
+
+
+def test_ridge_cv_with_class_weights_is_invariant_to_their_scale():
+    """Weighted per-attribute SVMs: multiplying every weight by one factor changes nothing (the
+    penalties follow the weighted count), while class weights change the fit."""
+    import torch
+
+    from apcnn.losses import entry_weights, positive_ratio_weights
+    from apcnn.selection import linear_probe
+
+    x, y, mask = _data(False, seed=4)
+    y[:, 0] = np.where(x[:, 0] > 0.9, 1.0, -1.0)  # attribute 0: about 18 % positives
+    yt, mt = torch.as_tensor(y), torch.as_tensor(mask)
+    w = entry_weights(yt, mt, *positive_ratio_weights(yt, mt)).numpy()
+    W, b, lams = linear_probe(x, y, mask, seed=0, sample_weights=w)
+    W3, b3, lams3 = linear_probe(x, y, mask, seed=0, sample_weights=3.0 * w)
+    np.testing.assert_array_equal(lams3, lams)
+    np.testing.assert_allclose(scores(x, W3, b3), scores(x, W, b), rtol=1e-4, atol=1e-6)
+    W1, b1, _ = linear_probe(x, y, mask, seed=0, lams=lams)
+    assert np.abs(b1 - b).max() > 1e-3

@@ -14,6 +14,8 @@ which is what attribute-based zero-shot classification (DAP, :mod:`apcnn.zerosho
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.optimize import minimize
 
@@ -88,6 +90,86 @@ def boundary_thresholds(params: np.ndarray) -> np.ndarray:
     the score: calibration failed) keeps 0.5. ``params``: (2, M) from :func:`fit_platt`."""
     a, c = np.asarray(params, dtype=np.float64)
     return np.where(a > 0, 1.0 / (1.0 + np.exp(-c)), 0.5)
+
+
+#: ``train.threshold`` values: the trained boundary, best validation accuracy, best balanced
+THRESHOLD_RULES = ("0", "accuracy", "balanced")
+
+
+def choose_thresholds(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    rule: str,
+    boundary: np.ndarray,
+) -> np.ndarray:
+    """(M,) per-attribute decision thresholds t_m on the calibrated probability (decide
+    p >= t_m), chosen on a held-out split (the validation split, after :func:`fit_platt`).
+
+    Args:
+        probabilities: (N, M) calibrated probabilities on that split (float32 or float64: the
+            candidates are computed and compared in that precision, so a stored threshold
+            decides exactly as it was scored).
+        targets: (N, M) labels in {-1, +1} at labelled entries.
+        mask: (N, M) bool, True where labelled.
+        rule: ``"0"``: ``boundary`` unchanged (the trained boundary, score 0); ``"accuracy"``:
+            the t_m with the best accuracy (TP + TN) / n; ``"balanced"``: the best balanced
+            accuracy (TP / N+ + TN / N-) / 2, the attribute's contribution to mA.
+        boundary: (M,) the boundary thresholds (:func:`boundary_thresholds`, σ(c_m)).
+
+    Candidates per attribute: the midpoints between consecutive values of {0, the distinct
+    labelled probabilities, 1} (every distinct decision on the split, "all positive" and "all
+    negative" included) and ``boundary[m]``. Ties go to the candidate nearest ``boundary[m]``,
+    so an attribute keeps the trained boundary unless another threshold is strictly better; the
+    chosen threshold's score is therefore never below the boundary's. An attribute without
+    labels or with one class only keeps ``boundary[m]``. The counts are compared as integers
+    (TP + TN, resp. TP N- + TN N+), so ties are exact.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(
+            f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}"
+        )
+    p = np.asarray(probabilities)
+    dtype = p.dtype if p.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    p = p.astype(dtype)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be 2-D (N, M), got shape {p.shape}")
+    t, m = np.asarray(targets), np.asarray(mask, dtype=bool)
+    if t.shape != p.shape or m.shape != p.shape:
+        raise ValueError(
+            f"probabilities {p.shape}, targets {t.shape} and mask {m.shape} must have one shape"
+        )
+    out = np.asarray(boundary, dtype=dtype).reshape(-1).copy()
+    if out.shape != (p.shape[1],):
+        raise ValueError(f"boundary must have shape ({p.shape[1]},), got {out.shape}")
+    if rule == "0":
+        return out
+    for j in range(p.shape[1]):
+        y = _labelled(t, m, j)
+        if y.all() or not y.any():  # no labels, or one class: nothing to trade off
+            continue
+        out[j] = _best_threshold(p[m[:, j], j], y, rule, out[j])
+    return out
+
+
+def _best_threshold(p: np.ndarray, y: np.ndarray, rule: str, boundary: Any) -> Any:
+    """The threshold of :func:`choose_thresholds` for one attribute: ``p`` (n,) and boolean
+    labels ``y`` (n,) with both classes present, in ``p``'s precision."""
+    dtype = p.dtype
+    ends = np.concatenate([[0.0], np.unique(p).astype(np.float64), [1.0]])
+    mids = ((ends[:-1] + ends[1:]) / 2).astype(dtype)
+    cand = np.unique(np.append(mids, dtype.type(boundary)))  # sorted, in p's precision
+    pos, neg = np.sort(p[y]), np.sort(p[~y])
+    n_pos, n_neg = pos.size, neg.size
+    tp = n_pos - np.searchsorted(pos, cand, side="left")  # positives with p >= t
+    tn = np.searchsorted(neg, cand, side="left")  # negatives with p < t
+    if rule == "accuracy":
+        score = tp + tn
+    else:  # balanced accuracy * 2 N+ N-, in integers
+        score = tp.astype(np.int64) * n_neg + tn.astype(np.int64) * n_pos
+    ties = np.flatnonzero(score == score.max())
+    distance = np.abs(cand[ties].astype(np.float64) - float(boundary))
+    return cand[ties[np.argmin(distance)]]
 
 
 def calibration_prior(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:

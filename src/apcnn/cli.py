@@ -211,7 +211,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce_clothing
 
     reproduce_clothing(
-        args.root, folds=args.folds, out=args.out, quick=args.quick, overrides=args.set
+        args.root,
+        folds=args.folds,
+        out=args.out,
+        quick=args.quick,
+        overrides=args.set,
+        protocol=args.protocol,
+        label_fractions=args.label_fraction,
     )
     return 0
 
@@ -452,9 +458,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
-        default="runs/reproduce-clothing",
+        default=None,
         help="output folder: OUT/foldK/ per fold, OUT/results.json, OUT/report.md "
-        "(default: runs/reproduce-clothing)",
+        "(default: runs/reproduce-clothing, runs/reproduce-clothing-paper with --protocol paper)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["adapted", "paper"],
+        default="adapted",
+        help="adapted: a trunk fine-tuned on all attributes, shared by the CNN methods "
+        "(configs/clothing.yaml); paper: the paper's setting, each attribute its own CNN top "
+        "(a copy of the head convolution from ImageNet weights, fine-tuned on that attribute "
+        "alone) and nothing adapted jointly (configs/clothing_paper.yaml) (default: adapted)",
+    )
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="F",
+        help="label budgets: for each F in (0, 1) run the folds again keeping a stratified "
+        "share F of each attribute's training labels (OUT/frac<F>/foldK; the same labels for "
+        "every method, test labels untouched) and add accuracy and mA against F to results.json "
+        "and the report; 1 is the main run, e.g. --label-fraction 0.05 0.1 0.25 0.5 1",
     )
     p.add_argument("--quick", action="store_true", help="one fold, reduced schedule")
     p.add_argument(

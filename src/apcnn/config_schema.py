@@ -62,8 +62,17 @@ class DataConfig:
     #: once, so it cannot be augmented
     augment: bool | None = None
     options: dict[str, Any] = field(default_factory=dict)  #: dataset-specific keyword arguments
+    #: keep this share of each attribute's labels in the training folds (train and validation
+    #: splits), stratified by class, the rest masked as missing; the same subset for every
+    #: method (seeded by split_seed); test labels are never touched. 1.0: all labels
+    label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        _check(
+            0.0 < self.label_fraction <= 1.0,
+            "data.label_fraction",
+            f"must be in (0, 1], got {self.label_fraction}",
+        )
         _check(self.folds >= 2, "data.folds", f"must be >= 2, got {self.folds}")
         _check(
             0 <= self.fold < self.folds,
@@ -110,7 +119,7 @@ class ModelConfig:
         if isinstance(self.tail, int):
             _check(self.tail >= 0, "model.tail", f"must be 'head' or an int >= 0, got {self.tail}")
         if self.pool_region is not None:
-            from .models.pooling import check_region
+            from .models.regions import check_region  # no torch: configs load fast
 
             try:
                 check_region(self.pool_region)
@@ -239,6 +248,15 @@ class TrainLoopConfig:
     #: validation accuracy, not necessarily the last: re-solving on features that SGD has just
     #: fitted to the training images can overfit (S-CNN with linear_probe: probe or SGD)
     keep_best: bool = True
+    #: per-attribute decision thresholds, chosen on the validation split after calibration:
+    #: "0" = the trained boundary (score >= 0, as the paper), "accuracy" = the probability
+    #: threshold with the best validation accuracy, "balanced" = the best validation balanced
+    #: accuracy (raises mA on rare attributes); saved in the checkpoint, used by predict and ONNX
+    threshold: Literal["0", "accuracy", "balanced"] = "0"
+    #: class weighting of the losses (SGD and solvers): none, or "ratio" = DeepMAR's positive-
+    #: ratio weights, exp(1 - p_m) on positives and exp(p_m) on negatives of attribute m, p_m its
+    #: positive rate in the training split (rare positives count more)
+    pos_weight: Literal["none", "ratio"] = "none"
     #: seconds a collective may wait under torchrun before the job fails (dead or stuck rank)
     dist_timeout: float = 300.0
     #: under torchrun, check after every solver call that L and S are identical on all ranks
@@ -313,6 +331,12 @@ class TrainConfig:
             "model.flip_average",
             "needs model.tail=fc (it averages the pooled trunk features of an image and its "
             "mirror image; conv tails pool inside each attribute's branch)",
+        )
+        _check(
+            self.mtl.features != "factored" or self.model.tail == "fc",
+            "mtl.features",
+            f"factored needs model.tail=fc (got model.tail={self.model.tail!r}): only fc tails "
+            "are affine in the trunk features; set model.tail=fc or mtl.features=dense",
         )
 
 

@@ -198,6 +198,10 @@ class MultiTaskAttributeClassifier(BaseEstimator):
         tol: stopping rule, relative decrease of the objective over one outer iteration.
         max_iter: iterations of each sub-solver.
         random_state: seed of the random completion of ``L`` (:func:`apcnn.solvers.init_from_w`).
+        pos_weight: ``"none"`` or ``"ratio"``: DeepMAR's class weights, attribute m's positive
+            labels weighted ``exp(1 − p_m)`` and negative ones ``exp(p_m)`` in the loss (``p_m``
+            its positive rate in the labels given to ``fit``;
+            :func:`apcnn.losses.positive_ratio_weights`). The penalties are not rescaled.
 
     Fitted attributes: ``L_`` ``(D, K)``, ``S_`` ``(K, M)``, ``coef_ = L_ S_`` ``(D, M)``,
     ``intercept_`` ``(M,)``, ``classes_`` (``[negative, positive]`` label values seen in ``fit``,
@@ -224,6 +228,7 @@ class MultiTaskAttributeClassifier(BaseEstimator):
         tol: float = 1e-5,
         max_iter: int = 2000,
         random_state: int | None = 0,
+        pos_weight: str = "none",
     ) -> None:
         self.K = K
         self.mu = mu
@@ -238,6 +243,7 @@ class MultiTaskAttributeClassifier(BaseEstimator):
         self.tol = tol
         self.max_iter = max_iter
         self.random_state = random_state
+        self.pos_weight = pos_weight
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -267,6 +273,7 @@ class MultiTaskAttributeClassifier(BaseEstimator):
         M = ypm.shape[1]
         groups = [list(range(M))] if self.groups is None else self.groups
         seed = int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+        weights = _class_weights(self.pos_weight, ypm, known)
         res = fit_alternating(
             x,
             ypm,
@@ -284,6 +291,7 @@ class MultiTaskAttributeClassifier(BaseEstimator):
             seed=seed,
             overlapping=self.overlapping,
             max_iter=self.max_iter,
+            sample_weights=weights,
         )
         if not res.converged:
             warnings.warn(
@@ -375,6 +383,21 @@ class MultiTaskAttributeClassifier(BaseEstimator):
 
 
 # ---------------------------------------------------------------------- NaN-aware metrics
+
+
+def _class_weights(pos_weight: Any, ypm: np.ndarray, known: np.ndarray) -> np.ndarray | None:
+    """``pos_weight``'s (N, M) per-entry loss weights for labels ``ypm`` in {-1, +1} (None for
+    "none")."""
+    if pos_weight == "none":
+        return None
+    if pos_weight != "ratio":
+        raise ValueError(f"pos_weight must be 'none' or 'ratio' (got {pos_weight!r})")
+    import torch
+
+    from apcnn.losses import entry_weights, positive_ratio_weights
+
+    y, m = torch.as_tensor(ypm), torch.as_tensor(known)
+    return entry_weights(y, m, *positive_ratio_weights(y, m)).numpy()
 
 
 def _masked_accuracy(y: np.ndarray, pred: np.ndarray, known: np.ndarray) -> float:

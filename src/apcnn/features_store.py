@@ -14,8 +14,12 @@ nonzeros, and gives the solvers (:mod:`apcnn.solvers`) the three products they n
   Σ_i G[i, m] r_m(i)``;
 * ``project(L)`` ``(M, N, K)``: ``P_m = X_m L = h (A_mᵀ L) + 1 (c_mᵀ L) + R_m L``.
 
-Memory: h (N·Dh), the matrices (M·D·Dh) and 20 bytes per nonzero of r, instead of N·M·D floats
-(plus the solvers' attribute-major copy). Time per ``scores``/``XtG``: one (N, Dh) × (Dh, M)
+Memory: h (N·Dh), the matrices (M·D·Dh) and 10 bytes per nonzero of r in float32 (value, int32
+row, int16 column), instead of N·M·D floats (plus the solvers' attribute-major copy). The
+correction is what grows with N once SGD has moved the tails away from the identity: with a
+fraction q of negative pre-activations it is 10·q·N·M·D bytes (q = 0.2 to 0.3 on the CUB
+replica after one epoch, docs/benchmarks.md "Scale"), smaller than the dense array while
+q < 0.4. Time per ``scores``/``XtG``: one (N, Dh) × (Dh, M)
 GEMM instead of a memory-bound pass over N·M·D entries. ``r`` is found at construction, by
 rows in chunks, only for the entries (m, d) whose pre-activation can be negative: with ``h ≥ 0``
 and ``h ≤ h_max`` entrywise, ``u ≥ c + min(A, 0) h_max``; where that bound is ``≥ 0`` (e.g. the
@@ -44,6 +48,17 @@ def _tensor(a: Any, name: str) -> Tensor:
         return torch.as_tensor(np.asarray(a))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a NumPy array or torch tensor ({exc})") from None
+
+
+def _all_finite(t: Tensor) -> bool:
+    """No NaN or inf in ``t``, checked by chunks of its first dimension: ``torch.isfinite`` on
+    the whole (M, D, Dh) tail matrices would allocate temporaries larger than them (at M = 312,
+    D = Dh = 1280 the matrices are 2.0 GB and the check peaked at 3.3 GB more)."""
+    if t.ndim == 0 or t.numel() == 0:
+        return t.numel() == 0 or bool(torch.isfinite(t))
+    row = max(1, t[0].numel() * t.element_size())
+    step = max(1, _CHUNK_BYTES // row)
+    return all(bool(torch.isfinite(t[s : s + step]).all()) for s in range(0, t.shape[0], step))
 
 
 class FactoredFeatures:
@@ -75,7 +90,7 @@ class FactoredFeatures:
         if tuple(ct.shape) != tuple(wt.shape[:2]):
             raise ValueError(f"bias must be (M, D) = {tuple(wt.shape[:2])}; got {tuple(ct.shape)}")
         for t, name in ((ht, "h"), (wt, "weight"), (ct, "bias")):
-            if not bool(torch.isfinite(t).all()):
+            if not _all_finite(t):
                 raise ValueError(f"{name} contains NaN or inf")
         self.h, self.A, self.c, self.relu = ht, wt, ct, bool(relu)
         self.N, self.Dh = ht.shape
@@ -92,33 +107,51 @@ class FactoredFeatures:
 
     # ------------------------------------------------------------------------- construction
     def _negative_parts(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The nonzeros of ``r = relu(−u)``: flat row ``i·M + m``, column ``d``, value."""
+        """The nonzeros of ``r = relu(−u)``: flat row ``i·M + m``, column ``d``, value.
+
+        Scanned by blocks of the (m, d) entries that can be negative (rows of the flattened
+        tail matrices, at most ``_CHUNK_BYTES`` of them copied at a time, none when all can be)
+        and, within a block, by chunks of samples. Indices are stored compactly (int32 rows
+        while N·M < 2³¹, int16 columns while D < 2¹⁵: 10 bytes per nonzero in float32)."""
         M, D = self.M, self.D
         flat_A = self.A.reshape(M * D, self.Dh)
         flat_c = self.c.reshape(M * D)
+        block = max(1, _CHUNK_BYTES // (self.h.element_size() * self.Dh))  # rows of flat_A
+        maybe: Tensor | None = None  # None: every entry can be negative
         if bool((self.h >= 0).all()):  # u ≥ c + min(A, 0) h_max: entries that are never < 0
             h_max = self.h.amax(0)
-            step = max(1, _CHUNK_BYTES // (self.h.element_size() * self.Dh))
             low = torch.cat(
-                [flat_A[s : s + step].clamp(max=0) @ h_max for s in range(0, M * D, step)]
+                [flat_A[s : s + block].clamp(max=0) @ h_max for s in range(0, M * D, block)]
             )
             maybe = torch.nonzero(low + flat_c < 0).flatten()
-        else:
-            maybe = torch.arange(M * D, device=self.h.device)
+            if maybe.numel() == M * D:
+                maybe = None
+        total = M * D if maybe is None else maybe.numel()
+        row_type = torch.int32 if self.N * M < 2**31 else torch.long
+        col_type = torch.int16 if D < 2**15 else torch.int32
         rows, cols, vals = [], [], []
-        if maybe.numel():
-            A_, c_ = flat_A[maybe], flat_c[maybe]
-            step = max(1, _CHUNK_BYTES // (self.h.element_size() * maybe.numel()))
+        for a in range(0, total, block):
+            if maybe is None:  # a view, no copy
+                idx = torch.arange(a, min(a + block, total), device=self.h.device)
+                A_, c_ = flat_A[a : a + block], flat_c[a : a + block]
+            else:
+                idx = maybe[a : a + block]
+                A_, c_ = flat_A[idx], flat_c[idx]
+            step = max(1, _CHUNK_BYTES // (self.h.element_size() * idx.numel()))
             for s in range(0, self.N, step):
                 u = self.h[s : s + step] @ A_.T + c_
                 i, j = torch.nonzero(u < 0, as_tuple=True)
-                md = maybe[j]
-                rows.append((i + s) * M + md // D)
-                cols.append(md % D)
+                md = idx[j]
+                rows.append(((i + s) * M + md // D).to(row_type))
+                cols.append((md % D).to(col_type))
                 vals.append(-u[i, j])
-        if not rows:
+        if not any(v.numel() for v in vals):
             return self.rows, self.cols, self.vals
-        return torch.cat(rows), torch.cat(cols), torch.cat(vals)
+        out = []
+        for parts in (rows, cols, vals):  # one concatenation at a time: the lists are freed
+            out.append(torch.cat(parts))
+            parts.clear()
+        return out[0], out[1], out[2]
 
     # ------------------------------------------------------------------------- the array view
     @property
@@ -139,6 +172,11 @@ class FactoredFeatures:
     def nnz(self) -> int:
         """Nonzeros of the ReLU correction r (0 where every pre-activation is ≥ 0)."""
         return int(self.vals.numel())
+
+    @property
+    def correction_nbytes(self) -> int:
+        """Bytes of the ReLU correction (its values and indices): the part that grows with N."""
+        return sum(x.numel() * x.element_size() for x in (self.rows, self.cols, self.vals))
 
     def numel(self) -> int:
         return self.N * self.M * self.D
@@ -172,8 +210,9 @@ class FactoredFeatures:
     # ------------------------------------------------------------------------- the products
     def _nnz_chunks(self, width: int) -> Any:
         step = max(1, _CHUNK_BYTES // (self.vals.element_size() * max(width, 1)))
-        for s in range(0, self.nnz, step):
-            yield self.rows[s : s + step], self.cols[s : s + step], self.vals[s : s + step]
+        for s in range(0, self.nnz, step):  # indices as int64 for index_add_ and indexing
+            r, d = self.rows[s : s + step].long(), self.cols[s : s + step].long()
+            yield r, d, self.vals[s : s + step]
 
     def scores(self, W: Tensor) -> Tensor:
         """``(N, M)``: ``x_m(i)ᵀ w_m`` for ``W`` ``(D, M)``."""

@@ -12,12 +12,15 @@ and writes ``RUN_DIR/report.html``: one HTML file with inline CSS and every figu
 ``data:image/png;base64`` URI (no external resource, no JavaScript), plus the Markdown report
 ``RUN_DIR/report.md`` (:func:`apcnn.reports.write_report`). Sections:
 
-- results table (methods x groups + total and mA, the mean balanced accuracy; the paper's Table
-  III numbers in parentheses when the schema has the Clothing groups), the attributes at chance
-  (balanced accuracy within 2 points of 50 %), balanced accuracy and average precision tables;
+- results table (methods x groups + total, mA (the mean balanced accuracy) and inst-F1 (the
+  instance F1); the paper's Table III numbers in parentheses when the schema has the Clothing
+  groups), the attributes at chance (balanced accuracy within 2 points of 50 %), mA, average
+  precision and instance-based (accuracy, precision, recall, F1) tables;
 - examples: thumbnails of test photos per group (``data:image/jpeg`` URIs), the most confident
   right and most confident wrong, with predicted and true attributes (:func:`pick_examples`);
-- per attribute: the decision threshold and the confusion counts of ``p >= threshold``;
+- per attribute: the decision threshold (the rule ``train.threshold`` that chose it, and the
+  trained boundary σ(c_m) beside it when the rule moved it) and the confusion counts of
+  ``p >= threshold``;
 - label counts per split (positive / negative / missing);
 - per-attribute bars (the paper's group means as dashed segments where it applies);
 - per method: |S| (latent tasks in use x M, columns ordered by group) and the attribute-sharing
@@ -75,6 +78,7 @@ line-height:1.3;background:#fff}
 .ex.wrong{border-color:#c62828}
 .ex img{width:160px;height:160px;object-fit:contain;background:#f4f4f4;display:block}
 .ex .id{color:#666;word-break:break-all}.ex .err{color:#c62828;font-weight:600}
+.ex .unk{color:#777;font-style:italic}
 """
 
 
@@ -196,14 +200,15 @@ def _img(png: bytes, alt: str, caption: str | None = None, how: str | None = Non
 def _results_table(
     methods: Mapping[str, Any], paper: Mapping[str, Any] | None, key: str | None = None
 ) -> str:
+    from .reports import _has_spread, _sub
+
     blocks = {}
     for name, block in methods.items():
-        b = block.get(key) if key else block
+        b = _sub(block, key)
         if isinstance(b, Mapping) and "total" in b:
             blocks[name] = b
     if not blocks:
         return ""
-    from .reports import _has_spread
 
     paper = dict(paper or {})
     groups: list[str] = []
@@ -215,10 +220,15 @@ def _results_table(
     with_ma = key is None and any(
         isinstance(b.get("balanced_accuracy"), Mapping) for b in blocks.values()
     )
+    with_if1 = key is None and any(
+        isinstance(_sub(b, "instance.f1"), Mapping) for b in blocks.values()
+    )
     spread = any(_has_spread(b) for b in blocks.values())
     head = "".join(f"<th>{_esc(g)}</th>" for g in [*groups, "total"])
     if with_ma:
         head += '<th title="mean balanced accuracy">mA</th>'
+    if with_if1:
+        head += '<th title="instance F1, per image over its labelled attributes">inst-F1</th>'
     out = [f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>"]
     for name in names:
         b, p = blocks.get(name, {}), paper.get(name, {})
@@ -234,15 +244,47 @@ def _results_table(
             if paper:
                 text += f' <span class="paper">({_pct(pv)})</span>'
             cells.append(f"<td>{text}</td>")
-        if with_ma:
-            ba = b.get("balanced_accuracy") or {}
-            ba_std = (ba.get("std") or {}).get("total") if spread else None
-            text = _pct(ba.get("total")) if name in blocks else "–"
-            if ba_std is not None and name in blocks:
-                text += f" ± {_pct(ba_std)}"
+        extra = [b.get("balanced_accuracy")] if with_ma else []
+        extra += [_sub(b, "instance.f1")] if with_if1 else []
+        for sub in extra:  # mA, inst-F1: totals only, no paper numbers
+            sub = sub if isinstance(sub, Mapping) else {}
+            sub_std = (sub.get("std") or {}).get("total") if spread else None
+            text = _pct(sub.get("total")) if name in blocks else "–"
+            if sub_std is not None and name in blocks:
+                text += f" ± {_pct(sub_std)}"
             cells.append(f"<td>{text}</td>")
         label = _esc(name) + ("" if name in blocks else ' <span class="paper">(paper)</span>')
         out.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _instance_table(methods: Mapping[str, Any]) -> str:
+    """Per method the instance-based accuracy, precision, recall and F1 (totals, ± std over
+    folds where there is a spread); ``""`` when no method block has them."""
+    from .reports import _has_spread, _sub
+
+    names = ("accuracy", "precision", "recall", "f1")
+    rows = {
+        m: inst
+        for m, b in methods.items()
+        if isinstance(inst := _sub(b, "instance"), Mapping)
+        and all(isinstance(inst.get(n), Mapping) for n in names)
+    }
+    if not rows:
+        return ""
+    spread = any(_has_spread(inst[n]) for inst in rows.values() for n in names)
+    out = [
+        "<table><thead><tr><th>method</th><th>accuracy</th><th>precision</th><th>recall</th>"
+        "<th>F1</th></tr></thead><tbody>"
+    ]
+    for method, inst in rows.items():
+        cells = []
+        for n in names:
+            text = _pct(inst[n].get("total"))
+            std = (inst[n].get("std") or {}).get("total") if spread else None
+            cells.append(f"<td>{text}{f' ± {_pct(std)}' if std is not None else ''}</td>")
+        out.append(f"<tr><td>{_esc(method)}</td>{''.join(cells)}</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -344,15 +386,18 @@ def _example_card(
         truth = bool(targets[i, j] > 0) if known else None
         if not pred and not truth and not (known and pred != truth):
             continue  # neither predicted nor present: not listed
-        true_text = "?" if truth is None else ("yes" if truth else "no")
+        # a missing true label is unknown: its line is neither right nor wrong (grey, "?")
+        true_text = "unknown (label missing)" if truth is None else ("yes" if truth else "no")
         text = (
             f"{schema.names[j]}: {'yes' if pred else 'no'} (p={float(probs[i, j]):.2f}), "
             f"true {true_text}"
         )
-        bad = known and pred != truth
-        lines.append(
-            f'<div class="err">✗ {_esc(text)}</div>' if bad else f"<div>{_esc(text)}</div>"
-        )
+        if not known:
+            lines.append(f'<div class="unk">? {_esc(text)}</div>')
+        elif pred != truth:
+            lines.append(f'<div class="err">✗ {_esc(text)}</div>')
+        else:
+            lines.append(f"<div>{_esc(text)}</div>")
     if not lines:
         lines.append("<div>none of the group's attributes predicted or present</div>")
     try:
@@ -408,17 +453,36 @@ def _decisions_table(
     targets: np.ndarray,
     mask: np.ndarray,
     schema: Any,
+    *,
+    rule: str | None = None,
+    boundary: np.ndarray | None = None,
 ) -> str:
     """Per attribute: threshold, confusion counts TP FP FN TN, accuracy and balanced accuracy of
-    the decisions p >= threshold (as ``apcnn predict`` makes them)."""
+    the decisions p >= threshold (as ``apcnn predict`` makes them). ``rule``: the checkpoint's
+    ``train.threshold``, named above the table; ``boundary`` (M,): the trained boundary's
+    thresholds σ(c_m), a column of their own when the rule is not ``"0"``."""
+    from .reports import THRESHOLD_RULE_TEXT
+
+    show_boundary = boundary is not None and rule not in (None, "0")
     head = (
-        "<th>attribute</th><th>group</th><th>threshold</th><th>TP</th><th>FP</th><th>FN</th>"
-        "<th>TN</th><th>accuracy</th><th>mA</th>"
+        "<th>attribute</th><th>group</th><th>threshold</th>"
+        + (
+            '<th title="the trained boundary, p at score 0">boundary σ(c)</th>'
+            if show_boundary
+            else ""
+        )
+        + "<th>TP</th><th>FP</th><th>FN</th><th>TN</th><th>accuracy</th><th>mA</th>"
+    )
+    how = (
+        f" Thresholds: <code>train.threshold: {_esc(rule)}</code>, "
+        f"{_esc(THRESHOLD_RULE_TEXT.get(rule, rule))}."
+        if rule is not None
+        else ""
     )
     out = [
         f"<p>{_esc(method)} on the test split, deciding as <code>apcnn predict</code> does: "
         "present iff the calibrated probability p &gt;= the attribute's threshold (saved in the "
-        "checkpoint). TP: predicted and present, FP: predicted but absent, FN: missed, TN: "
+        f"checkpoint).{how} TP: predicted and present, FP: predicted but absent, FN: missed, TN: "
         "correctly absent; missing labels are not counted.</p>",
         f"<table><thead><tr>{head}</tr></thead><tbody>",
     ]
@@ -435,7 +499,9 @@ def _decisions_table(
             ba = float(np.mean(recalls)) if recalls else None
             out.append(
                 f"<tr><td>{_esc(schema.names[j])}</td><td>{_esc(g)}</td>"
-                f"<td>{float(thresholds[j]):.3f}</td><td>{tp}</td><td>{fp}</td><td>{fn}</td>"
+                f"<td>{float(thresholds[j]):.3f}</td>"
+                + (f"<td>{float(boundary[j]):.3f}</td>" if show_boundary else "")
+                + f"<td>{tp}</td><td>{fp}</td><td>{fn}</td>"
                 f"<td>{tn}</td><td>{_pct(acc)}</td><td>{_chance_cell(ba)}</td></tr>"
             )
     out.append("</tbody></table>")
@@ -557,10 +623,13 @@ def write_html_report(
     """
     from . import __version__
     from .reports import (
+        GROUP_INSTANCE_NOTE,
         HOW_TO,
+        INSTANCE_LEGEND,
         MA_LEGEND,
         _plot_S,
         _plot_sharing,
+        _sub,
         chance_lines,
         latent_rows_in_use,
         paper_for_schema,
@@ -619,7 +688,10 @@ def write_html_report(
     parts.append("<h2>Results</h2>")
     metric = headline or "score"
     with_ma = any(isinstance(b, Mapping) and b.get("balanced_accuracy") for b in methods.values())
-    head_label = f"{metric} and mA (%)" if with_ma else f"{metric} (%)"
+    with_if1 = any(isinstance(_sub(b, "instance.f1"), Mapping) for b in methods.values())
+    head_label = f"{metric}{' and mA' if with_ma else ''} (%)"
+    if with_ma and with_if1:
+        head_label = f"{metric}, mA and instance F1 (%)"
     parts.append(f"<h3>{_esc(head_label)}</h3>" + _results_table(methods, paper))
     if with_ma:
         parts.append(f'<p class="meta">{_esc(MA_LEGEND)}.</p>')
@@ -633,13 +705,25 @@ def write_html_report(
             f'<p class="note"><span class="chance">{_esc(line)}</span>: no better than always '
             "answering the most common label, whatever the accuracy says.</p>"
         )
+    if any(isinstance(_sub(b, "instance.f1"), Mapping) for b in methods.values()):
+        parts.append(f'<p class="meta">{_esc(INSTANCE_LEGEND)}.</p>')
     for key, label in (
-        ("balanced_accuracy", "Balanced accuracy (%)"),
+        ("balanced_accuracy", "mA: mean balanced accuracy (%)"),
         ("average_precision", "Average precision (%)"),
     ):
         table = _results_table(methods, None, key)
         if table:
             parts.append(f"<h3>{_esc(label)}</h3>{table}")
+    table = _instance_table(methods)
+    if table:
+        parts.append(
+            "<h3>Instance-based metrics (%)</h3><p>Per image over its labelled attributes, "
+            "then averaged over images; F1 from the averaged precision and recall.</p>"
+            + table
+            + "<h3>Instance F1 per group (%)</h3>"
+            + _results_table(methods, None, "instance.f1")
+            + f'<p class="meta">{_esc(GROUP_INSTANCE_NOTE)}.</p>'
+        )
     mc = [
         (n, b["multiclass"])
         for n, b in methods.items()
@@ -675,7 +759,15 @@ def write_html_report(
     if shown is None:
         parts.append(not_scored)
     else:
-        parts.append(_decisions_table(shown, *_shown_arrays(scored, shown), schema))
+        parts.append(
+            _decisions_table(
+                shown,
+                *_shown_arrays(scored, shown),
+                schema,
+                rule=(scored.get("rules") or {}).get(shown),
+                boundary=(scored.get("boundaries") or {}).get(shown),
+            )
+        )
     parts.append("<h2>Labels per split</h2>")
     if splits:
         parts.append(_label_counts_table(splits, schema))

@@ -67,11 +67,16 @@ def evaluate_checkpoint(
       missing or extra attributes are named (:func:`match_attributes`);
     - an evaluated split that shares images with the checkpoint's train or val split is refused
       unless ``allow_overlap`` (then a loud warning: the metrics are optimistic).
+
+    The decisions are the predictor's, p >= the checkpoint's per-attribute thresholds (as
+    ``predict`` and the ONNX model decide). Returns ``{"metrics": attribute_metrics output,
+    "table": the results table (accuracy, mA, instance F1), the instance metrics and the
+    threshold rule, as text}``.
     """
     from .features import extract_features
     from .metrics import attribute_metrics, method_block
     from .predictor import load_predictor
-    from .reports import format_table
+    from .reports import format_table, instance_table
 
     predictor, meta = load_predictor(checkpoint)
     schema = AttributeSchema.from_dict(meta["schema"])
@@ -89,10 +94,22 @@ def evaluate_checkpoint(
         amp=False,
         progress=True,
     ).numpy()
-    metrics = attribute_metrics(scores, dataset.targets, dataset.mask, schema)
+    # decide as predict and the ONNX model do: p >= the checkpoint's threshold
+    with torch.inference_mode():
+        s = torch.from_numpy(scores).to(predictor.calibration)
+        decisions = predictor.decisions(predictor.probabilities(s)).cpu().numpy()
+    metrics = attribute_metrics(scores, dataset.targets, dataset.mask, schema, decisions=decisions)
     method = meta.get("method", "model")
     block = {"methods": {method: method_block([metrics], schema)}}
-    return {"metrics": metrics, "table": format_table(block, None)}
+    rule = ((meta.get("config") or {}).get("train") or {}).get("threshold", "0")
+    table = "\n\n".join(
+        [
+            format_table(block, None),
+            instance_table(block),
+            f"decision: p >= each attribute's threshold (train.threshold={rule})",
+        ]
+    )
+    return {"metrics": metrics, "table": table}
 
 
 def _checkpoint_split(meta: dict[str, Any], *, split: str, root: str | None) -> tuple:

@@ -8,7 +8,11 @@ Every function takes
 * ``mask``: ``(N, M)`` bool (True = labelled) or ``None`` (everything labelled); or the float
   0/1 mask of :func:`prepare_labels` together with its cleaned labels; such a float mask may
   also hold non-negative weights (each entry's loss, derivative and Bregman term is multiplied by
-  its weight: the solvers' ``task_weights``).
+  its weight: the solvers' ``task_weights`` and ``sample_weights``).
+
+Class-imbalance weights (``train.pos_weight: ratio``): :func:`positive_ratio_weights` gives
+DeepMAR's per-attribute weights of the positive and negative class, :func:`entry_weights` turns
+them into the ``(N, M)`` per-entry weights that :func:`masked_squared_hinge` and the solvers take.
 
 With the margin ``z = y f`` the losses are
 
@@ -169,17 +173,64 @@ def masked_squared_hinge(
     mask: Tensor,
     n_labelled: Tensor | None = None,
     task_weights: Tensor | None = None,
+    sample_weights: Tensor | None = None,
 ) -> Tensor:
-    """Σ_{labelled} c_m 1/2 max(0, 1 - y f)^2 / n_labelled. scores, y, mask: (B, M); c: (M,)
-    ``task_weights`` (default 1).
+    """Σ_{labelled} c_m w_im 1/2 max(0, 1 - y f)^2 / n_labelled. scores, y, mask: (B, M); c: (M,)
+    ``task_weights`` (default 1); w: (B, M) ``sample_weights`` (default 1, e.g. the class
+    weights of :func:`entry_weights`).
 
-    ``n_labelled`` defaults to ``mask.sum()`` (the mean over this batch's labelled entries); a
-    data-parallel rank passes the count of its whole global batch instead, so that the ranks'
-    losses add up to the one-process loss.
+    ``n_labelled`` defaults to ``mask.sum()`` (the mean over this batch's labelled entries), or
+    with ``sample_weights`` to their sum over the labelled entries (a weighted mean, so that the
+    gradients keep the scale of the unweighted loss whatever the weights' scale); a
+    data-parallel rank passes the count (or weight sum) of its whole global batch instead, so
+    that the ranks' losses add up to the one-process loss.
     """
     weights = mask.to(scores.dtype)
+    count = mask.sum()
+    if sample_weights is not None:
+        weights = weights * sample_weights.to(scores.dtype)
+        count = weights.sum()
+    if n_labelled is not None:
+        count = n_labelled
     if task_weights is not None:
         weights = weights * task_weights  # elementwise is linear in a float mask
     total = loss_value(scores, y, weights, "squared_hinge")
-    count = mask.sum() if n_labelled is None else n_labelled
-    return total / count.clamp(min=1)
+    return total / torch.where(count > 0, count, torch.ones_like(count))  # an empty batch: 0
+
+
+def positive_ratio_weights(Y: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """DeepMAR's class weights (Li, Chen & Huang, ACPR 2015; σ = 1): ``(pos_w, neg_w)``, both
+    ``(M,)`` float64.
+
+    With ``p_m`` the share of +1 among attribute m's labelled entries of ``Y`` ``(N, M)``
+    (``{-1, +1}``; entries where ``mask`` ``(N, M)`` is False are never read)::
+
+        pos_w[m] = exp(1 − p_m),   neg_w[m] = exp(p_m)
+
+    so a rare positive class counts up to ``e`` times, a common negative one about 1. An
+    attribute without labels gets ``pos_w = neg_w = 1``. Compute them on the training split's
+    labels (all of them, not one process's shard) and expand with :func:`entry_weights`.
+    """
+    m = torch.ones(Y.shape, dtype=torch.bool, device=Y.device) if mask is None else mask.bool()
+    pos = ((Y > 0) & m).sum(0).to(torch.float64)
+    n = m.sum(0).to(torch.float64)
+    has = n > 0
+    p = torch.where(has, pos / n.clamp(min=1), torch.zeros_like(n))
+    one = torch.ones_like(p)
+    return torch.where(has, torch.exp(1.0 - p), one), torch.where(has, torch.exp(p), one)
+
+
+def entry_weights(
+    Y: Tensor, mask: Tensor | None, pos_w: Tensor, neg_w: Tensor, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Per-entry weights ``(N, M)``: ``pos_w[m]`` where ``Y[i, m] = +1``, ``neg_w[m]`` where it is
+    −1, and 0 where ``mask`` is False (unlabelled). ``pos_w``, ``neg_w``: ``(M,)`` (e.g. from
+    :func:`positive_ratio_weights`); the result has ``dtype`` (default ``pos_w``'s) and lives on
+    ``Y``'s device. These are the solvers' and :func:`masked_squared_hinge`'s ``sample_weights``.
+    """
+    dtype = dtype or pos_w.dtype
+    pw, nw = pos_w.to(Y.device, dtype), neg_w.to(Y.device, dtype)
+    w = torch.where(Y > 0, pw, nw)
+    if mask is None:
+        return w
+    return torch.where(mask.bool(), w, torch.zeros((), dtype=dtype, device=Y.device))

@@ -17,7 +17,20 @@ Per attribute m, over its labelled samples (TP, FP, TN, FN for the positive clas
 - F1 = 2 TP / (2 TP + FP + FN) (NaN when there are no positives and none predicted)
 
 An attribute with no labelled sample has NaN everywhere. Group and total values are means over
-attributes of the non-NaN values (NaN if none); mAP is the total of average precision.
+attributes of the non-NaN values (NaN if none); mAP is the total of average precision. Tables call
+the mean balanced accuracy **mA** (the pedestrian-attribute field's name for it).
+
+Instance-based metrics (:func:`instance_metrics`, Jia et al., "Rethinking of pedestrian
+attribute recognition"): per image i over its labelled attributes (restricted to a group's
+attributes for the group values), with predicted positives P_i and true positives T_i,
+
+- instance accuracy = |P_i ∩ T_i| / |P_i ∪ T_i|, precision = |P_i ∩ T_i| / |P_i|,
+  recall = |P_i ∩ T_i| / |T_i|, each averaged over the images with at least one labelled
+  attribute;
+- an empty denominator counts 0 (the published baselines add eps to every denominator, and so
+  does scikit-learn's ``average="samples"`` with ``zero_division=0``): an image with no predicted
+  positive has precision 0, one with no true positive recall 0, one with neither accuracy 0;
+- instance F1 = 2 P R / (P + R) from the *averaged* precision P and recall R (0 when both are 0).
 Multi-class attributes (``schema.multiclass``): accuracy of ``argmax`` over the member scores on
 samples where every member is labelled and exactly one member is +1.
 """
@@ -34,7 +47,9 @@ from apcnn.data.schema import AttributeSchema
 
 __all__ = [
     "METRICS",
+    "INSTANCE_METRICS",
     "binary_metrics",
+    "instance_metrics",
     "attribute_metrics",
     "multiclass_accuracy",
     "method_block",
@@ -43,6 +58,8 @@ __all__ = [
 
 #: metric names computed per attribute
 METRICS = ("accuracy", "balanced_accuracy", "average_precision", "f1")
+#: instance-based metric names (per image, then averaged; :func:`instance_metrics`)
+INSTANCE_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def _np(x: Any, name: str) -> np.ndarray:
@@ -115,6 +132,65 @@ def binary_metrics(
     }
 
 
+def instance_metrics(
+    decisions: Any,
+    targets: Any,
+    mask: Any,
+    attributes: Sequence[int] | None = None,
+    *,
+    skip_empty: bool = False,
+) -> dict[str, float]:
+    """Instance-based accuracy, precision, recall and F1 over the labelled entries.
+
+    Args:
+        decisions: (N, M) bool predicted positives.
+        targets: (N, M) in {-1, +1} at labelled entries (anything elsewhere, NaN included).
+        mask: (N, M) bool, True = labelled.
+        attributes: the columns to restrict to (an attribute group); None = all.
+        skip_empty: leave out images with no true and no predicted positive (nothing to find,
+            nothing found). Used for groups: most images have no positive in most groups (a
+            plain photo has no pattern), and counting them 0 would rate a group by how often it
+            is absent rather than by how well it is recognised.
+
+    Per image i over its labelled attributes in ``attributes``: P_i the predicted positives,
+    T_i the true positives; acc_i = |P ∩ T| / |P ∪ T|, prec_i = |P ∩ T| / |P|,
+    rec_i = |P ∩ T| / |T|, an empty denominator giving 0 (the eps convention of the published
+    baselines). Images without a labelled attribute in ``attributes`` are left out.
+
+    Returns ``{"accuracy", "precision", "recall": mean over the n images, "f1": 2 P R / (P + R)
+    of the averaged P and R (0 when both are 0), "n": int}``; all NaN when n = 0.
+    """
+    d = _np(decisions, "decisions").astype(bool)
+    t = _np(targets, "targets")
+    m = _np(mask, "mask").astype(bool)
+    if not d.shape == t.shape == m.shape:
+        raise ValueError(
+            f"decisions {d.shape}, targets {t.shape} and mask {m.shape} must have the same shape"
+        )
+    cols = list(range(d.shape[1])) if attributes is None else list(attributes)
+    m = m[:, cols]
+    pred = d[:, cols] & m
+    with np.errstate(invalid="ignore"):  # NaN targets at unlabelled entries
+        true = (np.where(m, t[:, cols], 0.0) > 0) & m
+    rows = m.any(axis=1)
+    if skip_empty:
+        rows &= (pred | true).any(axis=1)
+    n = int(rows.sum())
+    if n == 0:
+        return dict.fromkeys(INSTANCE_METRICS, float("nan")) | {"n": 0}
+    pred, true = pred[rows], true[rows]
+    inter = (pred & true).sum(axis=1).astype(np.float64)
+
+    def ratio(den: np.ndarray) -> float:
+        den = den.astype(np.float64)
+        return float(np.mean(np.divide(inter, den, out=np.zeros_like(inter), where=den > 0)))
+
+    acc = ratio((pred | true).sum(axis=1))
+    prec, rec = ratio(pred.sum(axis=1)), ratio(true.sum(axis=1))
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+    return {"accuracy": acc, "precision": prec, "recall": rec, "f1": f1, "n": n}
+
+
 def _nanmean(values: Sequence[float]) -> float:
     v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
     return float(np.mean(v)) if v else float("nan")
@@ -149,8 +225,8 @@ def attribute_metrics(
 ) -> dict[str, Any]:
     """All metrics of one evaluation (e.g. one test fold).
 
-    ``decisions``: (N, M) bool predicted positives for accuracy, balanced accuracy and F1
-    (default ``scores > 0``); average precision ranks ``scores`` either way.
+    ``decisions``: (N, M) bool predicted positives for accuracy, balanced accuracy, F1 and the
+    instance metrics (default ``scores > 0``); average precision ranks ``scores`` either way.
 
     Returns::
 
@@ -161,6 +237,10 @@ def attribute_metrics(
               "per_attribute": {name: float},
           },
           "mAP": float,                             # == ["average_precision"]["total"]
+          "instance": {                             # instance_metrics(), per image
+              "accuracy" | "precision" | "recall" | "f1": {"total": float, "groups": {g: float}},
+              "num_images": {"total": int, "groups": {g: int}},
+          },
           "counts": {name: {"n": int, "positives": int}},
           "multiclass": {name: {"accuracy": float, "n": int}},
           "num_samples": int,
@@ -172,14 +252,13 @@ def attribute_metrics(
             f"scores have {s.shape[1]} columns but the schema has {schema.num_attributes} "
             "attributes"
         )
-    if decisions is not None:
+    if decisions is None:
+        d = s > 0
+    else:
         d = _np(decisions, "decisions").astype(bool)
         if d.shape != s.shape:
             raise ValueError(f"decisions {d.shape} must have the shape of scores {s.shape}")
-    per = [
-        binary_metrics(s[m[:, j], j], t[m[:, j], j], None if decisions is None else d[m[:, j], j])
-        for j in range(s.shape[1])
-    ]
+    per = [binary_metrics(s[m[:, j], j], t[m[:, j], j], d[m[:, j], j]) for j in range(s.shape[1])]
     out: dict[str, Any] = {}
     for metric in METRICS:
         values = [p[metric] for p in per]
@@ -189,6 +268,16 @@ def attribute_metrics(
             "per_attribute": dict(zip(schema.names, values, strict=True)),
         }
     out["mAP"] = out["average_precision"]["total"]
+    total = instance_metrics(d, t, m)
+    by_group = {g: instance_metrics(d, t, m, idx, skip_empty=True) for g, idx in schema.groups}
+    out["instance"] = {
+        metric: {"total": total[metric], "groups": {g: r[metric] for g, r in by_group.items()}}
+        for metric in INSTANCE_METRICS
+    }
+    out["instance"]["num_images"] = {
+        "total": total["n"],
+        "groups": {g: r["n"] for g, r in by_group.items()},
+    }
     out["counts"] = {
         name: {"n": p["n"], "positives": p["positives"]}
         for name, p in zip(schema.names, per, strict=True)
@@ -224,17 +313,43 @@ def _summary(fold_results: Sequence[Mapping[str, Any]], schema: AttributeSchema,
         if metric not in r:
             raise KeyError(f"fold result {i} has no {metric!r}; pass attribute_metrics() outputs")
         blocks.append(r[metric])
+    return _summary_of(blocks, schema, metric)
+
+
+def _summary_of(blocks: Sequence[Mapping[str, Any]], schema: AttributeSchema, metric: str):
+    """Mean over folds, fold values and spread of one metric's per-fold blocks ``{"total",
+    "groups", ["per_attribute"]}`` (the instance metrics have no per-attribute values)."""
     folds = [_f(b["total"]) for b in blocks]
     groups = {g: [_f(b["groups"][g]) for b in blocks] for g in schema.group_names}
-    per = {n: [_f(b["per_attribute"][n]) for b in blocks] for n in schema.names}
-    return {
+    out: dict[str, Any] = {
         "total": _clean(_nanmean(folds)),
         "groups": {g: _clean(_nanmean(v)) for g, v in groups.items()},
-        "per_attribute": {n: _clean(_nanmean(v)) for n, v in per.items()},
+    }
+    if all("per_attribute" in b for b in blocks):
+        per = {n: [_f(b["per_attribute"][n]) for b in blocks] for n in schema.names}
+        out["per_attribute"] = {n: _clean(_nanmean(v)) for n, v in per.items()}
+    out |= {
         "folds": [_clean(x) for x in folds],
         "metric": metric,
         "std": {"total": _std(folds), "groups": {g: _std(v) for g, v in groups.items()}},
     }
+    return out
+
+
+def _thresholds(fold_results: Sequence[Mapping[str, Any]], schema: AttributeSchema):
+    """``{"rule", "per_attribute": mean over folds}`` of the folds' decision thresholds
+    (``attribute_metrics`` outputs that :func:`apcnn.training.steps.finish` gave a
+    ``"thresholds"`` entry); None when a fold has none. ``rule`` is ``"mixed"`` when the folds
+    disagree."""
+    entries = [r.get("thresholds") for r in fold_results]
+    if not all(isinstance(e, Mapping) for e in entries):
+        return None
+    rules = {str(e.get("rule")) for e in entries}
+    per = {
+        n: _clean(_nanmean([_f((e.get("per_attribute") or {}).get(n)) for e in entries]))
+        for n in schema.names
+    }
+    return {"rule": rules.pop() if len(rules) == 1 else "mixed", "per_attribute": per}
 
 
 def method_block(
@@ -255,10 +370,16 @@ def method_block(
          "folds": [float per fold], "metric": metric,
          "std": {"total": float, "groups": {g: float}},  # sample std over folds (None: 1 fold)
          "balanced_accuracy": {same keys}, "average_precision": {same keys},
+         "instance": {"accuracy" | "precision" | "recall" | "f1":
+                      {"total", "groups", "folds", "metric": "instance_<name>", "std"}},
+         "thresholds": {"rule": str, "per_attribute": {name: float}},  # when the folds have them
          "multiclass": {name: float}, "num_folds": int}
 
     Values are fractions in [0, 1], means over folds (NaN folds excluded); a value that is
-    undefined in every fold is None (JSON null).
+    undefined in every fold is None (JSON null). ``balanced_accuracy`` is the mA of the tables.
+    The instance F1 of a fold comes from that fold's averaged precision and recall; the block's
+    is the mean of the folds' F1. ``instance`` is left out when a fold result has none (metrics
+    written before it existed), ``thresholds`` when a fold has no decision thresholds.
     """
     if not fold_results:
         raise ValueError("method_block needs at least one fold result")
@@ -268,6 +389,16 @@ def method_block(
     for extra in ("balanced_accuracy", "average_precision"):
         if extra != metric:
             block[extra] = _summary(fold_results, schema, extra)
+    if all(isinstance(r.get("instance"), Mapping) for r in fold_results):
+        block["instance"] = {
+            name: _summary_of(
+                [r["instance"][name] for r in fold_results], schema, f"instance_{name}"
+            )
+            for name in INSTANCE_METRICS
+        }
+    thresholds = _thresholds(fold_results, schema)
+    if thresholds is not None:
+        block["thresholds"] = thresholds
     block["multiclass"] = {
         mc.name: _clean(
             _nanmean(

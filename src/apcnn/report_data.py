@@ -208,10 +208,12 @@ def score_run(
     checkpoints: Mapping[str, str | Path], split: str, root: str | None, device: str, score: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every split of the run's data (for the label counts) and, when ``score``, each checkpoint
-    on ``split``: ``{"dataset", "scores", "probs", "thresholds": {method: ...}, "targets",
-    "mask"}`` (probabilities calibrated, thresholds as saved in each checkpoint)."""
+    on ``split``: ``{"dataset", "scores", "probs", "thresholds", "boundaries", "rules": {method:
+    ...}, "targets", "mask"}`` (probabilities calibrated, thresholds as saved in each checkpoint,
+    boundaries the thresholds σ(c_m) of its trained boundary, rules its ``train.threshold``)."""
     import torch
 
+    from .calibration import boundary_thresholds
     from .predictor import load_predictor
 
     loaded = {m: load_predictor(p) for m, p in checkpoints.items()}
@@ -222,17 +224,21 @@ def score_run(
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(splits)}")
     dataset = splits[split]
     scores = _score_loaded(loaded, checkpoints, dataset, cfg, device, None)
-    probs, thresholds = {}, {}
-    for method, (pred, _) in loaded.items():
+    probs, thresholds, boundaries, rules = {}, {}, {}, {}
+    for method, (pred, meta) in loaded.items():
         with torch.inference_mode():
             s = torch.from_numpy(scores[method]).to(pred.calibration)
             probs[method] = pred.probabilities(s).float().cpu().numpy()
         thresholds[method] = pred.threshold.float().cpu().numpy()
+        boundaries[method] = boundary_thresholds(pred.calibration.double().cpu().numpy())
+        rules[method] = str(((meta.get("config") or {}).get("train") or {}).get("threshold", "0"))
     scored = {
         "dataset": dataset,
         "scores": scores,
         "probs": probs,
         "thresholds": thresholds,
+        "boundaries": boundaries,
+        "rules": rules,
         "targets": np.asarray(dataset.targets),
         "mask": np.asarray(dataset.mask, dtype=bool),
     }

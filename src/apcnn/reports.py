@@ -1,11 +1,13 @@
 """Results tables and the Markdown report with its figures.
 
 :func:`format_table` turns the ``methods`` of a ``results.json`` (docs/design.md section 3) into a
-fixed-width table of percentages (methods x groups + total, then mA: the mean balanced accuracy
-beside the accuracy), ``mean ± std`` when a method block has a spread over several folds, the
+fixed-width table of percentages (methods x groups + total, then mA: the mean balanced accuracy,
+and inst-F1: the instance F1, beside the accuracy), ``mean ± std`` when a method block has a
+spread over several folds, the
 paper's numbers in parentheses next to ours when ``paper`` is given, and a line naming the
 attributes at chance (:func:`at_chance`): a model that always predicts the majority class has a
 high accuracy on a skewed attribute but a balanced accuracy of exactly 50 %.
+:func:`instance_table` lists the instance-based accuracy, precision, recall and F1.
 :func:`write_report` writes ``OUT/report.md`` plus PNG figures next to it (matplotlib's Agg
 renderer through the object API: no pyplot, no global backend switch).
 """
@@ -26,6 +28,8 @@ __all__ = [
     "PAPER_TABLE_III",
     "PAPER_METHODS",
     "format_table",
+    "instance_table",
+    "thresholds_md",
     "at_chance",
     "CHANCE_BAND",
     "write_report",
@@ -78,6 +82,49 @@ MA_LEGEND = (
     "mA: mean balanced accuracy, (TPR + TNR) / 2 per attribute then the mean; 50 = chance, "
     "whatever the class balance"
 )
+
+
+#: the legend under a table with an inst-F1 column
+INSTANCE_LEGEND = (
+    "inst-F1: instance F1, per image over its labelled attributes; precision and recall averaged "
+    "over images, then 2PR / (P + R) (an empty denominator counts 0)"
+)
+
+#: the note under the instance F1 per group
+GROUP_INSTANCE_NOTE = (
+    "Per group, the same formulas on the group's attributes only, over the images with a true "
+    "or a predicted positive among them (an image with nothing to find and nothing found is "
+    "left out, where the total counts it 0)"
+)
+
+#: the names tables give to the metrics of a method block (``key`` of :func:`format_table`)
+METRIC_LABELS = {
+    "balanced_accuracy": "mA",
+    "average_precision": "AP",
+    "instance.accuracy": "instance accuracy",
+    "instance.precision": "instance precision",
+    "instance.recall": "instance recall",
+    "instance.f1": "instance F1",
+}
+
+#: what each ``train.threshold`` rule means, for the reports
+THRESHOLD_RULE_TEXT = {
+    "0": "the trained boundary, score >= 0 (p >= σ(c_m))",
+    "accuracy": "chosen on the validation split for the best accuracy per attribute",
+    "balanced": "chosen on the validation split for the best balanced accuracy per attribute",
+    "mixed": "different rules in different folds",
+}
+
+
+def _sub(block: Any, key: str | None) -> Any:
+    """``block[key]``, a dotted ``key`` going down (``"instance.f1"``); ``block`` for None."""
+    if key is None:
+        return block
+    for part in key.split("."):
+        if not isinstance(block, Mapping):
+            return None
+        block = block.get(part)
+    return block
 
 
 def paper_for_schema(schema: AttributeSchema) -> dict[str, dict[str, Any]] | None:
@@ -176,27 +223,31 @@ def format_table(
     title: str | None = None,
     flags: bool = True,
 ) -> str:
-    """A fixed-width table: one row per method, one column per group, then ``total`` and ``mA``.
+    """A fixed-width table: one row per method, one column per group, then ``total``, ``mA`` and
+    ``inst-F1``.
 
     Args:
         results: a ``results.json`` dict (with ``"methods"``) or its ``methods`` mapping
-            ``{method: {"total", "groups", ["std"], ["balanced_accuracy"], ...}}``.
+            ``{method: {"total", "groups", ["std"], ["balanced_accuracy"], ["instance"], ...}}``.
         paper: reference numbers in the same shape (e.g. :data:`PAPER_TABLE_III`), shown in
             parentheses after ours; methods only in ``paper`` get rows of their own.
-        key: show the sub-block ``method[key]`` (e.g. ``"balanced_accuracy"``) instead of the
-            headline metric.
-        title: first line; default names the metric (a given "accuracy (%)" becomes "accuracy
-            and mA (%)" when the mA column is there).
-        flags: add the ``mA`` legend and the ``at chance`` lines (:func:`chance_lines`) below.
+        key: show the sub-block ``method[key]`` (e.g. ``"balanced_accuracy"``, or dotted:
+            ``"instance.f1"``) instead of the headline metric; the title names it as
+            :data:`METRIC_LABELS` does (balanced accuracy: ``mA``).
+        title: first line; default names the metric (a given "accuracy (%)" becomes "accuracy,
+            mA and instance F1 (%)" when those columns are there).
+        flags: add the ``mA`` and ``inst-F1`` legends and the ``at chance`` lines
+            (:func:`chance_lines`) below.
 
     Cells are percentages with two decimals, ``mean ± std`` where the block has a spread over
-    several folds. The ``mA`` column (mean balanced accuracy, beside the headline accuracy) is
-    there when ``key`` is None and a method block has a ``balanced_accuracy`` sub-block.
+    several folds. When ``key`` is None, the ``mA`` column (mean balanced accuracy) is there when
+    a method block has a ``balanced_accuracy`` sub-block, the ``inst-F1`` column (instance F1,
+    total) when one has ``instance.f1``; the paper's numbers stay on the accuracy columns.
     """
     methods = _methods(results)
     blocks: dict[str, Mapping[str, Any]] = {}
     for name, block in methods.items():
-        b = block.get(key) if key else block
+        b = _sub(block, key)
         if isinstance(b, Mapping) and "total" in b:
             blocks[name] = b
     paper = dict(paper or {})
@@ -212,9 +263,13 @@ def format_table(
         b.get("metric") != "balanced_accuracy" and isinstance(b.get("balanced_accuracy"), Mapping)
         for b in blocks.values()
     )
+    with_if1 = key is None and any(
+        isinstance(_sub(b, "instance.f1"), Mapping) for b in blocks.values()
+    )
     spread = any(_has_spread(b) for b in blocks.values())
 
     header = ["method", *groups, "total"] + (["mA"] if with_ma else [])
+    header += ["inst-F1"] if with_if1 else []
     rows = []
     for name in names:
         b = blocks.get(name, {})
@@ -235,6 +290,10 @@ def format_table(
             ba = b.get("balanced_accuracy") or {}
             ba_std = ((ba.get("std") or {}).get("total")) if spread else None
             cells.append(_cell(ba.get("total"), ba_std, None, False))
+        if with_if1:
+            f1 = _sub(b, "instance.f1") or {}
+            f1_std = ((f1.get("std") or {}).get("total")) if spread else None
+            cells.append(_cell(f1.get("total"), f1_std, None, False))
         rows.append(cells)
 
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -244,24 +303,110 @@ def format_table(
         rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
         return "  ".join([first, *rest]).rstrip()
 
+    extras = [n for n, on in (("mA", with_ma), ("instance F1", with_if1)) if on]
     if title is None:
         metric = key or next((b.get("metric") for b in blocks.values() if b.get("metric")), None)
-        title = f"{metric or 'score'} (%)"
-        if with_ma:
-            title = f"{metric or 'score'} and mA (%)"
+        words = [METRIC_LABELS.get(metric, metric) if metric else "score", *extras]
+        title = f"{_and(words)} (%)"
         if spread:
             title += ", mean ± std over folds"
         if with_paper:
             title += "; (paper)"
-    elif with_ma and "mA" not in title:  # a caller's "accuracy (%) on ..." names both columns
-        title = title.replace("accuracy (%)", "accuracy and mA (%)", 1)
+    elif extras and "mA" not in title:  # a caller's "accuracy (%) on ..." names every column
+        title = title.replace("accuracy (%)", f"{_and(['accuracy', *extras])} (%)", 1)
     out = [title, line(header), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     if flags and with_ma:
         out.append(MA_LEGEND)
+    if flags and with_if1:
+        out.append(INSTANCE_LEGEND)
     if flags and key is None:
         out += chance_lines({n: methods[n] for n in blocks})
     return "\n".join(out)
+
+
+def _and(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def instance_table(results: Mapping[str, Any]) -> str:
+    """A fixed-width table of the instance-based metrics: one row per method with an
+    ``instance`` sub-block, columns accuracy, precision, recall and F1 (totals, percentages,
+    ``mean ± std`` over folds where there is a spread); ``""`` when no method has one."""
+    methods = _methods(results)
+    names = ("accuracy", "precision", "recall", "f1")
+    rows = []
+    spread = False
+    for method, block in methods.items():
+        inst = _sub(block, "instance")
+        if not isinstance(inst, Mapping) or not all(
+            isinstance(inst.get(n), Mapping) for n in names
+        ):
+            continue
+        spread = spread or any(_has_spread(inst[n]) for n in names)
+        rows.append((method, inst))
+    if not rows:
+        return ""
+    header = ["method", "accuracy", "precision", "recall", "F1"]
+    cells = [
+        [
+            method,
+            *(
+                _cell(
+                    inst[n].get("total"),
+                    (inst[n].get("std") or {}).get("total") if spread else None,
+                    None,
+                    False,
+                )
+                for n in names
+            ),
+        ]
+        for method, inst in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        rest = [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join([row[0].ljust(widths[0]), *rest]).rstrip()
+
+    title = "instance-based metrics (%), per image over its labelled attributes"
+    if spread:
+        title += ", mean ± std over folds"
+    return "\n".join(
+        [title, line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in cells]
+    )
+
+
+def thresholds_md(methods: Mapping[str, Any], schema: AttributeSchema) -> str:
+    """Markdown: the decision rule of each method (its ``thresholds`` entry, ``train.threshold``)
+    and a table of the per-attribute thresholds on the calibrated probability (decide
+    p >= t); ``""`` when no method block has thresholds."""
+    with_t = {
+        n: b["thresholds"]
+        for n, b in methods.items()
+        if isinstance(b, Mapping) and isinstance(b.get("thresholds"), Mapping)
+    }
+    if not with_t:
+        return ""
+    lines = []
+    for name, t in with_t.items():
+        rule = str(t.get("rule"))
+        lines.append(f"- {name}: `train.threshold: {rule}`, {THRESHOLD_RULE_TEXT.get(rule, rule)}")
+    order, _ = _order(schema)
+    lines += [
+        "",
+        "| attribute | group | " + " | ".join(with_t) + " |",
+        "|---|---|" + "---:|" * len(with_t),
+    ]
+    for i in order:
+        a = schema.names[i]
+        vals = []
+        for t in with_t.values():
+            v = (t.get("per_attribute") or {}).get(a)
+            vals.append(_DASH if _missing(v) else f"{float(v):.3f}")
+        lines.append(f"| {a} | {schema.group_of(i)} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------- figures
@@ -464,7 +609,8 @@ HOW_TO: dict[str, str] = {
     ),
     "examples": (
         "How to read it: each card is a test photo with the group's attributes that are "
-        "predicted or truly present; red lines are mistakes, p is the calibrated probability "
+        "predicted or truly present; red lines are mistakes, grey lines (?) have no true label "
+        "(unknown: neither right nor wrong), p is the calibrated probability "
         "and the decision is p >= the attribute's threshold."
     ),
 }
@@ -523,12 +669,10 @@ def ordering_summary(methods: Mapping[str, Any]) -> str | None:
         return f"{name} {100 * block['total']:.2f}{spread}"
 
     holds = all(a["total"] < b["total"] for a, b in zip(blocks, blocks[1:]))
-    steps = []
-    for (na, a), (nb, b) in zip(zip(PAPER_ORDER, blocks), zip(PAPER_ORDER[1:], blocks[1:])):
-        fa, fb = a.get("folds") or [], b.get("folds") or []
-        if len(fa) == len(fb) and len(fa) > 1:
-            wins = sum(y > x for x, y in zip(fa, fb))
-            steps.append(f"{nb} > {na} in {wins} of {len(fa)} folds")
+    steps = [
+        f"{pair} in {v['folds']} of {v['of']} fold{'s' if v['of'] > 1 else ''}"
+        for pair, v in (ordering_folds(methods) or {}).items()
+    ]
     verdict = "holds" if holds else "does **not** hold"
     text = (
         f"The paper's ordering S-CNN < M-CNN < MG-CNN {verdict} here: "
@@ -625,6 +769,8 @@ def write_report(
     md += ["## Results", "", "```", format_table(methods, ref, flags=False), "```", ""]
     if any(_balanced(b) for b in methods.values()):
         md += [MA_LEGEND + ".", ""]
+    if any(isinstance(_sub(b, "instance.f1"), Mapping) for b in methods.values()):
+        md += [INSTANCE_LEGEND + ".", ""]
     flagged = chance_lines(methods)
     if flagged:
         md += [
@@ -647,13 +793,30 @@ def write_report(
     if summary:
         md += [summary, ""]
     for key, label in (
-        ("balanced_accuracy", "Balanced accuracy"),
+        ("balanced_accuracy", "mA (mean balanced accuracy)"),
         ("average_precision", "Average precision"),
     ):
         if any(
             isinstance(b, Mapping) and isinstance(b.get(key), Mapping) for b in methods.values()
         ):
             md += [f"### {label}", "", "```", format_table(methods, key=key), "```", ""]
+    inst = instance_table(methods)
+    if inst:
+        md += [
+            "### Instance-based metrics",
+            "",
+            "```",
+            inst,
+            "",
+            format_table(methods, key="instance.f1"),
+            "```",
+            "",
+            GROUP_INSTANCE_NOTE + ".",
+            "",
+        ]
+    thresholds = thresholds_md(methods, schema)
+    if thresholds:
+        md += ["### Decision thresholds (decide p >= t)", "", thresholds, ""]
     mc_rows = [
         (n, b["multiclass"])
         for n, b in methods.items()
@@ -669,6 +832,7 @@ def write_report(
         ]
         md += [f"| {n} | " + " | ".join(_pct(v.get(a)) for a in attrs) + " |" for n, v in mc_rows]
         md.append("")
+    md += label_budget_section(out, results)  # with a label_budget block (reproduce)
 
     md += ["## Figures", ""]
     if _plot_per_attribute(out / "per_attribute.png", methods, schema, ref, None):
@@ -707,3 +871,113 @@ def write_report(
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(md).encode("utf-8"))
     return path
+
+
+# ------------------------------------------------------------------ fold ordering, label budgets
+def ordering_folds(methods: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Per step of the paper's ordering (:data:`PAPER_ORDER`), in how many folds the later method
+    beats the earlier one: ``{"M-CNN > S-CNN": {"folds": wins, "of": n, "gain": [b - a per
+    fold]}, "MG-CNN > M-CNN": {...}}`` from the methods' per-fold totals (``folds``; a strict
+    ``>``, so a tie is no win). None when a method of the ordering or its folds are missing."""
+    blocks = [methods.get(name) for name in PAPER_ORDER]
+    if not all(isinstance(b, Mapping) and b.get("folds") for b in blocks):
+        return None
+    out: dict[str, Any] = {}
+    for (na, a), (nb, b) in zip(zip(PAPER_ORDER, blocks), zip(PAPER_ORDER[1:], blocks[1:])):
+        fa, fb = list(a["folds"]), list(b["folds"])
+        if len(fa) != len(fb) or any(_missing(x) for x in fa + fb):
+            return None
+        out[f"{nb} > {na}"] = {
+            "folds": sum(y > x for x, y in zip(fa, fb)),
+            "of": len(fa),
+            "gain": [float(y) - float(x) for x, y in zip(fa, fb)],
+        }
+    return out
+
+
+#: the label-budget figures: (key of the series in the block, axis label)
+BUDGET_METRICS = (("accuracy", "accuracy (%)"), ("balanced_accuracy", "mA (%)"))
+
+
+def label_budget_md(budget: Mapping[str, Any]) -> str:
+    """Markdown table of a ``results.json`` ``label_budget`` block: one row per method and
+    metric (accuracy, mA), one column per label fraction, ``mean ± std`` over folds in %."""
+    fractions = list(budget["fractions"])
+    head = "| method | metric | " + " | ".join(f"{100 * f:g} %" for f in fractions) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(fractions)]
+    for name, series in budget["methods"].items():
+        for key, label in BUDGET_METRICS:
+            s = series.get(key)
+            if not s:
+                continue
+            cells = [
+                _pct(m) + ("" if _missing(sd) else f" ± {100 * sd:.2f}")
+                for m, sd in zip(s["mean"], s["std"])
+            ]
+            lines.append(f"| {name} | {label.split(' ')[0]} | " + " | ".join(cells) + " |")
+    kept = (budget.get("labels_kept") or {}).get("train")
+    if kept and not all(k is None for k in kept):
+        cells = ["-" if k is None else f"{k:.0f}" for k in kept]
+        lines.append("| training labels kept | (mean over folds) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_label_budget(
+    path: str | Path,
+    budget: Mapping[str, Any],
+    methods: Sequence[str] = ("S-CNN", "M-CNN", "MG-CNN"),
+) -> bool:
+    """Accuracy and mA against the label fraction (log x axis), one line per method of
+    ``methods`` present in the ``label_budget`` block, its mean over folds with a band of
+    ± one std (none with one fold). Writes ``path`` (PNG); False when no method is present."""
+    shown = [m for m in methods if m in budget.get("methods", {})]
+    if not shown:
+        return False
+    x = np.asarray(budget["fractions"], dtype=np.float64)
+    fig = _figure(9.0, 3.6)
+    axes = fig.subplots(1, len(BUDGET_METRICS))
+    for ax, (key, label) in zip(axes, BUDGET_METRICS):
+        for k, name in enumerate(shown):
+            s = budget["methods"][name][key]
+            mean = np.array([np.nan if _missing(v) else 100 * v for v in s["mean"]])
+            std = np.array([np.nan if _missing(v) else 100 * v for v in s["std"]])
+            ax.plot(x, mean, "o-", color=f"C{k}", label=name, lw=1.5, ms=4)
+            if np.isfinite(std).any():
+                ax.fill_between(x, mean - std, mean + std, color=f"C{k}", alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{100 * f:g}" for f in x])
+        ax.minorticks_off()
+        ax.set_xlabel("share of the training labels (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path)
+    return True
+
+
+def label_budget_section(out: Path, results: Mapping[str, Any]) -> list[str]:
+    """The report's label-budget lines (table and ``label_budget.png``); [] without a
+    ``label_budget`` block in ``results``."""
+    budget = results.get("label_budget") if isinstance(results, Mapping) else None
+    if not isinstance(budget, Mapping):
+        return []
+    md = [
+        "## Label budgets",
+        "",
+        "Each attribute's training labels (train and validation splits) cut to a stratified "
+        "share, the rest treated as missing; the same labels for every method, test labels "
+        "untouched. Mean ± std over folds (%):",
+        "",
+        label_budget_md(budget),
+        "",
+    ]
+    if plot_label_budget(Path(out) / "label_budget.png", budget):
+        md += [
+            "![label budget](label_budget.png)",
+            "",
+            "*How to read it: test accuracy (left) and mA (right) against the share of training "
+            "labels kept (log scale), mean over folds with a band of ± one std; where sharing "
+            "helps, M-CNN and MG-CNN stay above S-CNN as labels get scarce.*",
+            "",
+        ]
+    return md

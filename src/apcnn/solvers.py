@@ -31,6 +31,14 @@ attribute m's loss term, ``Σ_m c_m Σ_i ℓ(…)``. Beyond eq. 2: with the shar
 each attribute its own regularisation strength (for one attribute alone, ``c_m`` times the loss
 is the same problem as the penalties divided by ``c_m``), e.g. from per-attribute validation.
 
+``sample_weights`` (the same functions, keyword): ``(N, M)`` weights ``w_im ≥ 0`` multiplying
+entry (i, m)'s loss term, ``Σ_m c_m Σ_{i: mask[i, m]} w_im ℓ(…)`` (ignored where ``mask`` is False;
+``None`` = all 1, and all-ones weights give the unweighted iterates bit for bit), e.g. the class
+weights of ``train.pos_weight: ratio`` (:func:`apcnn.losses.positive_ratio_weights`,
+:func:`apcnn.losses.entry_weights`). They are rows of the data: under data parallelism each
+process passes the rows of its own shard, like ``Y`` and ``mask``. The penalties are not rescaled
+here (:func:`apcnn.selection.solver_penalties` scales per-sample penalties by the weighted count).
+
 The proximal-gradient methods need a smooth loss: ``loss="hinge"`` is refused by the solvers
 (``objective`` evaluates it).
 """
@@ -456,8 +464,34 @@ def _task_weights(ctx: _Ctx, weights: Any, M: int) -> Tensor:
     return c
 
 
+def _sample_weights(ctx: _Ctx, weights: Any, m: Tensor) -> Tensor:
+    """``(N, M)`` per-entry loss weights, checked where ``m`` (the boolean mask) is True and set
+    to 0 elsewhere (never read there, NaN included)."""
+    w = ctx.t(weights, "sample_weights")
+    if tuple(w.shape) != tuple(m.shape):
+        raise ValueError(
+            f"sample_weights must have the shape of Y (N, M) = {tuple(m.shape)} (this process's "
+            f"rows); got {tuple(w.shape)}"
+        )
+    w = torch.where(m, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        i, j = (int(v) for v in torch.nonzero(bad)[0])
+        raise ValueError(
+            f"sample_weights[{i}, {j}] = {float(w[i, j])}: sample weights must be finite and "
+            ">= 0 where mask is True (e.g. apcnn.losses.entry_weights)"
+        )
+    return w
+
+
 def _data(
-    ctx: _Ctx, x: Tensor, Y: Any, mask: Any, reduce: SampleReduce = None, task_weights: Any = None
+    ctx: _Ctx,
+    x: Tensor,
+    Y: Any,
+    mask: Any,
+    reduce: SampleReduce = None,
+    task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> _Data:
     if x.ndim not in (2, 3):
         raise ValueError(
@@ -502,6 +536,9 @@ def _data(
     if task_weights is not None:
         # attribute m's loss counts c_m times: mf holds c_m on its labelled entries
         mf = mf * _task_weights(ctx, task_weights, M)
+    if sample_weights is not None:
+        # entry (i, m)'s loss counts w_im times (times c_m): mf holds c_m w_im where labelled
+        mf = mf * _sample_weights(ctx, sample_weights, m)
     return _Data(x, y, m, x.ndim == 2, N, M, x.shape[-1], empty, yc, mf, reduce)
 
 
@@ -1127,6 +1164,7 @@ def objective(
     bias: Any = None,
     overlapping: bool = False,
     task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> float:
     """Eq. 2: ``Σ_mask ℓ(y xᵀ L s (+ b)) + μ Σ_k Σ_g ‖S[k, g]‖ + γ‖L‖₁ + λ‖L‖_F²``.
 
@@ -1134,7 +1172,7 @@ def objective(
     """
     check_loss(loss)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, task_weights=task_weights)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights, sample_weights=sample_weights)
     mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
@@ -1187,6 +1225,7 @@ def fit_combination(
     bias: Any = None,
     return_info: bool = False,
     task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> Any:
     """Step (a): ``min_S Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + μ Σ_k Σ_g ‖S[k, g]‖₂``.
 
@@ -1210,7 +1249,7 @@ def fit_combination(
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, task_weights=task_weights)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights, sample_weights=sample_weights)
     mu = _penalty(mu, "mu")
     tol = _positive(tol, "tol")
     max_iter = _positive(max_iter, "max_iter", integer=True)
@@ -1247,6 +1286,7 @@ def fit_latent(
     bias: Any = None,
     return_info: bool = False,
     task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> Any:
     """Step (b): ``min_L Σ_mask ℓ(y x_mᵀ L s_m (+ b_m)) + γ‖L‖₁ + λ‖L‖_F²`` (APG, ℓ1 prox).
 
@@ -1259,7 +1299,7 @@ def fit_latent(
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, task_weights=task_weights)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights, sample_weights=sample_weights)
     gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
     tol = _positive(tol, "tol")
     max_iter = _positive(max_iter, "max_iter", integer=True)
@@ -1289,6 +1329,7 @@ def fit_independent(
     tol: float = 1e-6,
     max_iter: int = 2000,
     task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> Any:
     """Single-task solutions ``w_m = argmin Σ_{i labelled} ℓ(y x_m(i)ᵀ w (+ b_m)) + λ‖w‖²``.
 
@@ -1298,7 +1339,7 @@ def fit_independent(
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, task_weights=task_weights)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights, sample_weights=sample_weights)
     lam = _penalty(lam, "lam")
     W, b = _independent(data, lam, bias, loss, tol, max_iter)
     return (ctx.out(W), ctx.out(b)) if bias else ctx.out(W)
@@ -1414,6 +1455,7 @@ def fit_alternating(
     init_lam: float | None = None,
     sample_reduce: SampleReduce = None,
     task_weights: Any = None,
+    sample_weights: Any = None,
     time_budget_s: float | None = None,
     iter_budget: int | None = None,
     gap_tol: float | None = None,
@@ -1453,17 +1495,18 @@ def fit_alternating(
     from inside long half-steps every ``progress_every_s`` seconds; ``progress=True`` shows a
     progress bar with the same figures (:func:`apcnn.runlog.progress`).
 
-    Data parallel: when each process holds some rows of ``X``, ``Y``, ``mask`` (the same
-    ``groups``, penalties, ``W0``/``L0``/``S0``, seed on all), ``sample_reduce`` sums a tensor over
-    the processes (:func:`apcnn.distributed.all_reduce_sum`). The loss values and gradients of
-    the smooth part are all-reduced and every process applies the same proximal steps, so all end
-    with the same ``L``, ``S`` and bias: those of one process holding all rows, up to rounding.
-    A time budget stops all processes at the same iteration (any one out of time stops all).
+    Data parallel: when each process holds some rows of ``X``, ``Y``, ``mask`` and
+    ``sample_weights`` (the same ``groups``, penalties, ``W0``/``L0``/``S0``, seed on all),
+    ``sample_reduce`` sums a tensor over the processes (:func:`apcnn.distributed.all_reduce_sum`).
+    The loss values and gradients of the smooth part are all-reduced and every process applies
+    the same proximal steps, so all end with the same ``L``, ``S`` and bias: those of one process
+    holding all rows, up to rounding. A time budget stops all processes at the same iteration
+    (any one out of time stops all).
     """
     t0 = time.monotonic()
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, sample_reduce, task_weights)
+    data = _data(ctx, x, Y, mask, sample_reduce, task_weights, sample_weights)
     mu, gamma, lam = _penalty(mu, "mu"), _penalty(gamma, "gamma"), _penalty(lam, "lam")
     K = _positive(K, "K", integer=True)
     max_outer = _positive(max_outer, "max_outer", integer=True)
@@ -1661,6 +1704,7 @@ def optimality_gap_S(
     bias: Any = None,
     zero_tol: float = 0.0,
     task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> float:
     """KKT certificate of step (a) (disjoint groups): the largest violation of
 
@@ -1672,7 +1716,7 @@ def optimality_gap_S(
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, task_weights=task_weights)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights, sample_weights=sample_weights)
     mu = _penalty(mu, "mu")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")
@@ -1699,6 +1743,7 @@ def optimality_gap_L(
     bias: Any = None,
     zero_tol: float = 0.0,
     task_weights: Any = None,
+    sample_weights: Any = None,
 ) -> float:
     """KKT certificate of step (b): the largest violation of the ℓ1 optimality conditions
 
@@ -1707,7 +1752,7 @@ def optimality_gap_L(
     """
     check_loss(loss, smooth=True)
     ctx, x = _context(X)
-    data = _data(ctx, x, Y, mask, task_weights=task_weights)
+    data = _data(ctx, x, Y, mask, task_weights=task_weights, sample_weights=sample_weights)
     gamma, lam = _penalty(gamma, "gamma"), _penalty(lam, "lam")
     Lt = _lmat(ctx, L, data.D)
     St = _matrix(ctx, S, "S", (Lt.shape[1], data.M), "(K, M)")

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apcnn.data.base import AttributeDataset
-from apcnn.data.errors import (
+from apcnn.data.errors import (  # the error classes: plain Python, imported eagerly
     CorruptImageError,
     DatasetError,
     DatasetOptionError,
@@ -36,17 +35,19 @@ from apcnn.data.errors import (
     UnknownClassError,
     UnknownDatasetError,
 )
-from apcnn.data.registry import (
-    create_dataset,
-    dataset_options,
-    dataset_splits,
-    get_dataset_class,
-    list_datasets,
-    register_dataset,
-)
-from apcnn.data.schema import AttributeSchema, MultiClassAttribute
 
+# Everything else is imported on first use (PEP 562), so ``import apcnn.data.template`` or
+# ``apcnn.data.errors`` costs no NumPy, PIL or torch; name -> module that defines it.
 _LAZY = {
+    "AttributeDataset": "apcnn.data.base",
+    "AttributeSchema": "apcnn.data.schema",
+    "MultiClassAttribute": "apcnn.data.schema",
+    "create_dataset": "apcnn.data.registry",
+    "dataset_options": "apcnn.data.registry",
+    "dataset_splits": "apcnn.data.registry",
+    "get_dataset_class": "apcnn.data.registry",
+    "list_datasets": "apcnn.data.registry",
+    "register_dataset": "apcnn.data.registry",
     "verify_dataset": "apcnn.data.verify",
     "VerifyReport": "apcnn.data.verify",
     "build_transform": "apcnn.data.transforms",
@@ -57,12 +58,25 @@ _LAZY = {
 }
 
 
+#: submodules, reachable as attributes (``apcnn.data.registry``) like the eager imports were
+_SUBMODULES = frozenset(
+    "awa base celeba clothing cub folder groups images registry schema splits synthetic "
+    "template transforms verify".split()
+)
+
+
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _LAZY or name in _SUBMODULES:
         import importlib
 
+        if name in _SUBMODULES:
+            return importlib.import_module(f"{__name__}.{name}")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'apcnn.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -44,9 +44,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from apcnn.data.errors import (
     CorruptImageError,
@@ -61,12 +59,18 @@ from apcnn.data.schema import AttributeSchema
 Transform = Callable[[Image.Image], Any]
 
 
-class AttributeDataset(Dataset):
+class AttributeDataset:
     """Base class: per-image attribute targets with a missing-label mask (see module docstring).
 
     Subclasses parse their label files, then call ``super().__init__`` with the parsed arrays and
     one *source* per sample: a :class:`~pathlib.Path` to an image file (decoded by
     :func:`~apcnn.data.images.open_rgb`) or anything their :meth:`_load_source` understands.
+
+    A map-style dataset as ``torch.utils.data.DataLoader`` takes it (``__len__``,
+    ``__getitem__``; ``a + b`` is a ``ConcatDataset`` as for ``torch.utils.data.Dataset``), but
+    not a subclass of that class: reading the labels (``apcnn data verify``) never imports torch,
+    which costs seconds; torch is imported by the first ``ds[i]``, torchvision by the first use
+    of the default :attr:`transform`.
     """
 
     #: registry name, set by :func:`~apcnn.data.registry.register_dataset`.
@@ -93,7 +97,6 @@ class AttributeDataset(Dataset):
         cache_dir: str | os.PathLike[str] | None = None,
         split_sizes: dict[str, int] | None = None,
     ) -> None:
-        super().__init__()
         targets = np.asarray(targets, dtype=np.float32)
         n, m = targets.shape if targets.ndim == 2 else (len(targets), -1)
         if targets.ndim != 2 or m != schema.num_attributes:
@@ -128,11 +131,7 @@ class AttributeDataset(Dataset):
         self._sources = list(sources)
         self._src = np.arange(n, dtype=np.int64)
         self.image_size = _positive_int("image_size", image_size)
-        if transform is None:
-            from apcnn.data.transforms import default_transform
-
-            transform = default_transform(self.image_size)
-        self.transform: Transform = transform
+        self._transform: Transform | None = transform  # None: default_transform on first use
         self.root = root_path
         self.split = split
         self.options = dict(options or {})
@@ -148,6 +147,21 @@ class AttributeDataset(Dataset):
             self._check_all_images()
 
     # ------------------------------------------------------------------ access
+    @property
+    def transform(self) -> Transform:
+        """PIL RGB image -> what ``ds[i]["image"]`` holds: the ``transform`` given, else
+        :func:`~apcnn.data.transforms.default_transform` ``(image_size)``, built on first use
+        (it imports torchvision)."""
+        if self._transform is None:
+            from apcnn.data.transforms import default_transform
+
+            self._transform = default_transform(self.image_size)
+        return self._transform
+
+    @transform.setter
+    def transform(self, value: Transform) -> None:
+        self._transform = value
+
     def __len__(self) -> int:
         return len(self._src)
 
@@ -169,6 +183,8 @@ class AttributeDataset(Dataset):
                 j = (j + 1) % n
         else:
             raise DatasetError(f"{type(self).__name__}: no sample decodes; check the image files")
+        import torch  # here, not at the top: reading labels needs no torch
+
         return {
             "image": self.transform(img),
             "target": torch.from_numpy(self.targets[j].copy()),
@@ -176,6 +192,12 @@ class AttributeDataset(Dataset):
             "class_id": torch.tensor(int(self.class_ids[j]), dtype=torch.int64),
             "index": torch.tensor(j, dtype=torch.int64),
         }
+
+    def __add__(self, other: Any) -> Any:
+        """``torch.utils.data.ConcatDataset([self, other])``, as ``Dataset.__add__``."""
+        from torch.utils.data import ConcatDataset
+
+        return ConcatDataset([self, other])
 
     def load_image(self, i: int) -> Image.Image:
         """Sample ``i`` as a decoded ``RGB`` PIL image, no transform (with ``cache_dir``: the

@@ -10,6 +10,9 @@ for a feature map F(i) of shape (C, H', W'). ``None`` (or (0, 1, 0, 1)) is globa
 pooling. Window edges are rounded to whole cells and always keep at least one row and column.
 On Clothing (lite0, 320x480 input, fold 0, S-extract) the centre window (0.15, 0.85, 0.25, 0.75)
 gives 92.1 % mean accuracy against 91.5 % for global pooling (docs/benchmarks.md).
+
+:func:`check_region` and ``Region`` live in :mod:`apcnn.models.regions` (no torch) and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -19,26 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-Region = tuple[float, float, float, float]
-
-
-def check_region(region: Sequence[float] | None) -> Region | None:
-    """``region`` as a tuple of 4 floats with 0 <= top < bottom <= 1, 0 <= left < right <= 1
-    (ValueError naming the rule otherwise); ``None`` stays ``None``."""
-    if region is None:
-        return None
-    values = tuple(float(v) for v in region)
-    if len(values) != 4:
-        raise ValueError(
-            f"pool_region needs 4 fractions [top, bottom, left, right], got {region!r}"
-        )
-    top, bottom, left, right = values
-    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
-        raise ValueError(
-            f"pool_region {list(values)} must satisfy 0 <= top < bottom <= 1 and "
-            "0 <= left < right <= 1 (fractions of the feature map)"
-        )
-    return values  # type: ignore[return-value]
+from .regions import Region, check_region  # the torch-free check (config validation uses it)
 
 
 def _span(lo: float, hi: float, size: int) -> slice:
@@ -67,3 +51,6 @@ class RegionPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"region={self.region}"
+
+
+__all__ = ["Region", "RegionPool", "check_region", "region_mean"]

@@ -122,6 +122,15 @@ class Inputs:
                 mask=torch.as_tensor(source.mask[indices], dtype=torch.bool, device=self.device),
                 indices=np.asarray(indices),
             )
+        fraction = self.cfg.data.label_fraction
+        if fraction < 1.0:  # thinned by data.splits.build_datasets
+            kept = {n: int(s.mask.sum()) for n, s in self.splits.items() if n != "test"}
+            self.log.info(
+                "data.label_fraction=%g: kept %s labels (stratified per attribute and class; "
+                "test labels untouched)",
+                fraction,
+                ", ".join(f"{n} {k}" for n, k in kept.items()),
+            )
         return self.splits
 
     def my_rows(self, data: SplitData) -> slice:

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import distributed
 from ..data.schema import AttributeSchema
-from ..losses import masked_squared_hinge
+from ..losses import entry_weights, masked_squared_hinge, positive_ratio_weights
 from .inputs import Inputs, SplitData, hash_seed
 from .state import KeepBest, TrainState
 
@@ -141,17 +141,32 @@ def split_scores(ctx: Context, split: str) -> np.ndarray:
     return distributed.gather_rows(torch.cat(out), len(data)).numpy()
 
 
-def evaluate(ctx: Context, split: str) -> dict[str, Any]:
-    """:func:`apcnn.metrics.attribute_metrics` of the current predictor on a split."""
+def predictor_decisions(predictor: nn.Module, scores: np.ndarray) -> np.ndarray:
+    """(N, M) bool: the predictor's own decisions p >= threshold on ``scores`` (N, M), with its
+    calibration and threshold buffers (what ``apcnn predict`` and the ONNX model decide)."""
+    with torch.inference_mode():
+        s = torch.as_tensor(scores).to(predictor.calibration)
+        return predictor.decisions(predictor.probabilities(s)).cpu().numpy()
+
+
+def evaluate(ctx: Context, split: str, *, thresholds: bool = True) -> dict[str, Any]:
+    """:func:`apcnn.metrics.attribute_metrics` of the current predictor on a split.
+
+    ``thresholds``: decide as the predictor does, p >= its threshold (the test metrics of a
+    finished method); False: the trained boundary, score > 0 (model selection during training,
+    before calibration and thresholds are chosen)."""
     from ..metrics import attribute_metrics
 
     data = ctx.inputs.splits[split]
     targets, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
-    return attribute_metrics(split_scores(ctx, split), targets, mask, ctx.schema)
+    scores = split_scores(ctx, split)
+    decisions = predictor_decisions(ctx.predictor, scores) if thresholds else None
+    return attribute_metrics(scores, targets, mask, ctx.schema, decisions=decisions)
 
 
 def val_accuracy(ctx: Context) -> float:
-    return evaluate(ctx, "val")["accuracy"]["total"]
+    """Validation accuracy at the trained boundary (score > 0): the model-selection figure."""
+    return evaluate(ctx, "val", thresholds=False)["accuracy"]["total"]
 
 
 # ----------------------------------------------------------------------------- SGD
@@ -200,6 +215,18 @@ def new_sgd(ctx: Context, method: Method) -> SGD:
     return SGD(torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum), module)
 
 
+def class_weights(ctx: Context) -> torch.Tensor | None:
+    """``train.pos_weight``: None for "none"; for "ratio" the training split's (N, M) per-entry
+    loss weights (:func:`apcnn.losses.positive_ratio_weights` of all its labels, so the same
+    whatever the number of ranks; 0 where unlabelled) in the working precision, for the SGD loss
+    (rows of the global batch), the solvers (this rank's rows) and the probe's ridge CV."""
+    if ctx.cfg.train.pos_weight == "none":
+        return None
+    data = ctx.inputs.splits["train"]
+    pos_w, neg_w = positive_ratio_weights(data.targets, data.mask)
+    return entry_weights(data.targets, data.mask, pos_w, neg_w, ctx.dtype)
+
+
 def _decay_tails_to_init(ctx: Context) -> None:
     """L2-SP: grad += weight_decay (θ − θ₀) for the tails (θ₀: their initial values)."""
     assert ctx.tail_init is not None  # taken by the trainer when the option is on
@@ -234,6 +261,7 @@ def sgd_epoch(ctx: Context, sgd: SGD, method: Method, rnd: int, epoch: int, step
             [sampler.local(b) for b in global_batches],
             seed=hash_seed(t.seed, method.name, rnd, epoch) + ctx.dist.rank,
         )
+    weights = class_weights(ctx)  # (N, M) or None
     ctx.predictor.train()
     running, start = 0.0, time.time()
     for i, batch in enumerate(global_batches):
@@ -245,7 +273,9 @@ def sgd_epoch(ctx: Context, sgd: SGD, method: Method, rnd: int, epoch: int, step
         with ctx.autocast():
             scores = sgd.module(inputs)
         # DDP averages gradients over ranks: scale so that they sum to the global batch's
-        n_labelled = data.mask[batch.to(ctx.device)].sum()
+        # (class weights: the weighted mean over the global batch's labels)
+        rows = batch.to(ctx.device)
+        n_labelled = data.mask[rows].sum() if weights is None else weights[rows].sum()
         loss = (
             masked_squared_hinge(
                 scores.to(ctx.dtype),
@@ -253,6 +283,7 @@ def sgd_epoch(ctx: Context, sgd: SGD, method: Method, rnd: int, epoch: int, step
                 data.mask[idx],
                 n_labelled,
                 ctx.task_weights,
+                None if weights is None else weights[idx],
             )
             * world
         )
@@ -311,15 +342,19 @@ def fit_mtl(ctx: Context, method: Method, mu: float, lam: float, x: Any, **start
     ``mtl.iter_budget`` and ``mtl.gap_tol`` apply per call; the log gets one line per outer
     iteration (objective, relative decrease, KKT gap, estimated time left) and a heartbeat at
     least every 10 seconds inside long sub-problems. Under torchrun the solvers all-reduce their
-    sums over samples."""
+    sums over samples. With ``train.pos_weight: ratio`` the loss is weighted by
+    :func:`class_weights` (this rank's rows) and the penalties scale with their sum."""
     from ..selection import solver_penalties
     from ..solvers import SolverProgress, fit_alternating
 
     m_cfg, data = ctx.cfg.mtl, ctx.inputs.splits["train"]
     rows = ctx.inputs.my_rows(data)
     y, mask = data.targets[rows].cpu().numpy(), data.mask[rows].cpu().numpy()
-    # n counts the labels of all ranks
-    penalties = solver_penalties(data.mask, mu=mu, gamma=m_cfg.gamma, lam=lam)
+    weights = class_weights(ctx)
+    # n counts the labels (or their weights) of all ranks
+    penalties = solver_penalties(
+        data.mask, sample_weights=weights, mu=mu, gamma=m_cfg.gamma, lam=lam
+    )
     start = {
         k: None if v is None else np.asarray(v.detach().cpu() if torch.is_tensor(v) else v)
         for k, v in start.items()
@@ -347,6 +382,7 @@ def fit_mtl(ctx: Context, method: Method, mu: float, lam: float, x: Any, **start
         inner_tol=m_cfg.inner_tol,
         sample_reduce=distributed.all_reduce_sum if ctx.dist.distributed else None,
         task_weights=None if ctx.task_weights is None else ctx.task_weights.cpu().numpy(),
+        sample_weights=None if weights is None else weights[rows].cpu().numpy(),
         time_budget_s=m_cfg.time_budget,
         iter_budget=m_cfg.iter_budget,
         gap_tol=m_cfg.gap_tol,
@@ -406,7 +442,16 @@ def solver_features(ctx: Context, data: SplitData) -> Any:
             [t.flatten(1).to(ctx.dtype).cpu() for t in ctx.inputs.trunk_batches(data, rows)]
         )
         tails = cnn.tails
-        return FactoredFeatures(h, tails.weight.to(ctx.dtype).cpu(), tails.bias.to(ctx.dtype).cpu())
+        x = FactoredFeatures(h, tails.weight.to(ctx.dtype).cpu(), tails.bias.to(ctx.dtype).cpu())
+    # what grows with N once SGD has moved the tails: 10 bytes per negative pre-activation
+    ctx.log.info(
+        "factored features: %d of %d pre-activations negative (%.1f%%), ReLU correction %.2f GB",
+        x.nnz,
+        x.numel(),
+        100 * x.nnz / max(x.numel(), 1),
+        x.correction_nbytes / 1e9,
+    )
+    return x
 
 
 def solve(
@@ -503,8 +548,11 @@ def finish(
     ctx: Context, method: Method, state: TrainState, keep: KeepBest | None, save: Any
 ) -> None:
     """The method is done: back to its best-validated round (``keep``), Platt calibration on
-    the validation split, test metrics into ``state.results``, and ``save(method, metrics,
-    prior)`` writes its predictor checkpoint."""
+    the validation split, the decision thresholds of ``train.threshold`` chosen there
+    (:func:`apcnn.calibration.choose_thresholds`; ``"0"``: σ(c_m), the trained boundary), test
+    metrics of the predictor's decisions p >= threshold into ``state.results`` (with a
+    ``"thresholds"`` entry: rule and values), and ``save(method, metrics, prior)`` writes its
+    predictor checkpoint."""
     from ..calibration import boundary_thresholds, calibration_prior, fit_platt
 
     if keep is not None:
@@ -513,15 +561,64 @@ def finish(
         keep.restore(method.name, ctx.predictor)
     val = ctx.inputs.splits["val"]
     val_targets, val_mask = val.targets.cpu().numpy(), val.mask.cpu().numpy()
-    params = fit_platt(split_scores(ctx, "val"), val_targets, val_mask)
+    val_scores = split_scores(ctx, "val")
+    params = fit_platt(val_scores, val_targets, val_mask)
     # the label frequency the calibration was fitted under (zero-shot divides by it)
     prior = [None if np.isnan(r) else float(r) for r in calibration_prior(val_targets, val_mask)]
     ctx.predictor.calibration.copy_(torch.as_tensor(params, dtype=torch.float32))
-    # decide p >= σ(c_m): the same decisions as the score > 0 the metrics count
+    # rule "0": decide p >= σ(c_m), the same decisions as score >= 0 (the trained boundary)
     ctx.predictor.threshold.copy_(torch.as_tensor(boundary_thresholds(params)))
+    rule = ctx.cfg.train.threshold
+    if rule != "0":
+        choose_thresholds_on_val(ctx, method, val_scores, val_targets, val_mask, rule)
     metrics = evaluate(ctx, "test")
+    metrics["thresholds"] = {
+        "rule": rule,
+        "per_attribute": dict(zip(ctx.schema.names, ctx.predictor.threshold.tolist(), strict=True)),
+    }
     state.results[method.name] = metrics
     save(method.name, metrics, prior)
     if keep is not None:
         keep.discard(method.name)  # the method's final predictor replaces its best snapshot
     ctx.log.info("%s test accuracy %.2f%%", method.name, 100 * metrics["accuracy"]["total"])
+
+
+def choose_thresholds_on_val(
+    ctx: Context,
+    method: Method,
+    val_scores: np.ndarray,
+    val_targets: np.ndarray,
+    val_mask: np.ndarray,
+    rule: str,
+) -> None:
+    """Set the predictor's thresholds to :func:`apcnn.calibration.choose_thresholds` of the
+    calibrated validation probabilities (the boundary thresholds in the buffer are the
+    fallback and the tie-break) and log the validation accuracy and mA before and after."""
+    from ..calibration import choose_thresholds
+    from ..metrics import attribute_metrics
+
+    pred = ctx.predictor
+
+    def on_val() -> dict[str, Any]:
+        d = predictor_decisions(pred, val_scores)
+        return attribute_metrics(val_scores, val_targets, val_mask, ctx.schema, decisions=d)
+
+    before = on_val()
+    with torch.inference_mode():
+        probs = pred.probabilities(torch.as_tensor(val_scores).to(pred.calibration)).cpu().numpy()
+    boundary = pred.threshold.detach().cpu().numpy().copy()  # not a view of the buffer
+    chosen = choose_thresholds(probs, val_targets, val_mask, rule, boundary)
+    pred.threshold.copy_(torch.as_tensor(chosen))
+    after = on_val()
+    ctx.log.info(
+        "%s thresholds (train.threshold=%s): %d of %d attributes off the boundary; validation "
+        "accuracy %.2f%% -> %.2f%%, mA %.2f%% -> %.2f%%",
+        method.name,
+        rule,
+        int(np.sum(chosen != boundary)),
+        chosen.size,
+        100 * before["accuracy"]["total"],
+        100 * after["accuracy"]["total"],
+        100 * before["balanced_accuracy"]["total"],
+        100 * after["balanced_accuracy"]["total"],
+    )

@@ -223,14 +223,17 @@ class Trainer:
 
     def _ridge_cv(self) -> Any:
         """A ridge weight per attribute by 3-fold CV on the training split's initial tail
-        features (:func:`apcnn.selection.ridge_cv`), on all rows by every rank."""
+        features (:func:`apcnn.selection.ridge_cv`, class-weighted with ``train.pos_weight``),
+        on all rows by every rank."""
         from ..selection import ridge_cv
 
         data = self.splits["train"]
         self.log.info("ridge weight per attribute by 3-fold CV on the training split")
         x = steps.tail_features(self.ctx, data, slice(None))
         y, mask = data.targets.cpu().numpy(), data.mask.cpu().numpy()
-        ridge = ridge_cv(x, y, mask, seed=self.cfg.train.seed)
+        weights = steps.class_weights(self.ctx)  # train.pos_weight (None: unweighted)
+        sw = None if weights is None else weights.cpu().numpy()
+        ridge = ridge_cv(x, y, mask, seed=self.cfg.train.seed, sample_weights=sw)
         self.log.info("ridge weights per attribute: %s", ridge.lams.tolist())
         self.state.chosen["ridge_lam"] = dict(zip(self.schema.names, ridge.lams.tolist()))
         return ridge
