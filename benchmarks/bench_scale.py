@@ -361,6 +361,9 @@ def main() -> None:
     )
     p.add_argument("--preset-iters", type=int, default=60, help="solver iterations per call")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_scale_presets"))
+    p.add_argument(
+        "--no-run", action="store_true", help="with --presets and --rows: only print the rows"
+    )
     p.add_argument("--case", nargs=3, metavar=("N", "M", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument(
@@ -376,7 +379,7 @@ def main() -> None:
         return
     if args.presets:
         rows = json.loads(args.rows.read_text())["rows"] if args.rows else []
-        for preset in args.presets.split(","):
+        for preset in [] if args.no_run else args.presets.split(","):
             for size in (int(v) for v in args.replica_sizes.split(",")):
                 row = run_preset(preset, size, args.preset_iters, args.work)
                 rows.append(row)
