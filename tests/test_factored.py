@@ -141,3 +141,12 @@ def test_non_finite_tails_are_refused_in_any_chunk(monkeypatch):
     A[-1, -1, -1] = np.inf  # in the last chunk
     with pytest.raises(ValueError, match="weight contains NaN or inf"):
         FactoredFeatures(np.ones((3, DH)), A)
+
+
+def test_factored_features_need_fc_tails_in_the_config():
+    from apcnn.config import ConfigError, TrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=r"mtl.features.*model.tail=fc.*'head'"):
+        load_config(TrainConfig, None, ["mtl.features=factored", "model.tail=head"])
+    cfg = load_config(TrainConfig, None, ["mtl.features=factored", "model.tail=fc"])
+    assert cfg.mtl.features == "factored"

@@ -1,8 +1,9 @@
 """The real-size presets (awa2, awa, celeba, cub) end to end on generated replicas of their
 published layouts (../shared/DATASET_FORMATS.md): every attribute of the real dataset (85, 85,
 40, 312, with the real groups), a few hundred small images, then ``apcnn train -c PRESET`` with
-only the size shrunk (image size, epochs, solver budget), ``apcnn evaluate`` on the checkpoint
-and, for AwA2, ``apcnn zeroshot`` on its unseen classes.
+only the size shrunk (image size, epochs, solver budget; a narrow trunk but for celeba,
+:data:`NARROW`), ``apcnn evaluate`` on the checkpoint and, for AwA2, ``apcnn zeroshot`` on its
+unseen classes.
 
 The writers (``write_*_replica``) are also what ``benchmarks/bench_scale.py --presets`` measures
 time and memory on. Images carry their labels: the colour of an image follows its first
@@ -241,6 +242,12 @@ SMALL = [
     "mtl.time_budget=15",
 ]
 
+#: At the presets' width (lite0's 1280 features) the tails with their gradients, snapshots and
+#: checkpoints take minutes and GBs on 2 cores (CUB's 312: 2.0 GB of tails, 13 GB peak;
+#: `bench_scale.py --presets` measures each preset at full width): celeba runs at full width
+#: here, the others the same preset on a narrow random trunk (368 features)
+NARROW = {p: ["model.backbone=regnetx_002", "model.weights=none"] for p in ("awa2", "awa", "cub")}
+
 
 # ------------------------------------------------------------------------------ the tests
 def test_replicas_have_every_attribute_of_the_real_datasets(tmp_path):
@@ -254,6 +261,17 @@ def test_replicas_have_every_attribute_of_the_real_datasets(tmp_path):
         assert set(np.unique(ds.targets[ds.mask])) == {-1.0, 1.0}, preset
 
 
+@pytest.mark.parametrize("preset", sorted(REPLICAS))
+def test_real_size_presets_use_the_factored_solver_with_budgets(preset):
+    from apcnn.config import TrainConfig, load_config
+
+    cfg = load_config(TrainConfig, CONFIGS / f"{preset}.yaml", [])
+    assert cfg.data.name == REPLICAS[preset][1]
+    assert cfg.model.tail == "fc" and cfg.mtl.features == "factored"
+    assert cfg.mtl.time_budget and cfg.mtl.iter_budget and cfg.mtl.gap_tol
+    assert not cfg.train.linear_probe  # its ridge CV would form the dense (N, M, D) features
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["awa2", "awa", "celeba", "cub"])
 def test_preset_trains_on_its_replica(preset, tmp_path, monkeypatch, capsys):
@@ -265,7 +283,7 @@ def test_preset_trains_on_its_replica(preset, tmp_path, monkeypatch, capsys):
     root = write(tmp_path / "data")
     out = tmp_path / "run"
     argv = ["train", "-c", str(CONFIGS / f"{preset}.yaml"), "--out", str(out)]
-    for item in [f"data.root={root}", *SMALL]:
+    for item in [f"data.root={root}", *SMALL, *NARROW.get(preset, [])]:
         argv += ["--set", item]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())["methods"]

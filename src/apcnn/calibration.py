@@ -89,7 +89,8 @@ def boundary_thresholds(params: np.ndarray) -> np.ndarray:
     agree. An attribute whose fitted slope is not positive (its probability does not rise with
     the score: calibration failed) keeps 0.5. ``params``: (2, M) from :func:`fit_platt`."""
     a, c = np.asarray(params, dtype=np.float64)
-    return np.where(a > 0, 1.0 / (1.0 + np.exp(-c)), 0.5)
+    # tanh form: exact for any c (1 / (1 + exp(-c)) overflows for c < -709)
+    return np.where(a > 0, 0.5 * (1.0 + np.tanh(0.5 * c)), 0.5)
 
 
 #: ``train.threshold`` values: the trained boundary, best validation accuracy, best balanced
