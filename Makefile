@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/apcnn demo --out runs/demo --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 # the unit tier for the inner loop (under 3 minutes on 2 cores): no slow or distributed tests
 test-fast: $(STAMP)

@@ -125,6 +125,93 @@ def test_crash_mid_write_keeps_previous(tmp_path, monkeypatch, fail_on):
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
 
 
+def _mixed_tensors() -> dict[str, torch.Tensor]:
+    """Every dtype both safetensors and this torch store, with 0-d, empty, non-contiguous,
+    storage-sharing tensors and names that need JSON escapes or sort by UTF-8 bytes."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 5, generator=g)
+    out = {
+        "f32": w,
+        "f32/view": w[2],  # shares w's storage
+        "f32.t": w.t(),  # non-contiguous
+        "f16": torch.randn(3, 7, generator=g).half(),
+        "bf16": torch.randn(5, generator=g).to(torch.bfloat16),
+        "i64": torch.arange(-4, 5),
+        "i64 0-d": torch.tensor(-9),
+        "bool": torch.tensor([[True, False, True]]),
+        "empty f32": torch.zeros(0, 3),
+        "empty bool": torch.zeros(2, 0, dtype=torch.bool),
+        'quote"back\\slash\nnew\x01ctl': torch.ones(2),
+        "é": torch.tensor(1.5),
+        "z": torch.tensor(2.5),
+        "\U0001f600": torch.tensor(3.5),  # above U+FFFF: UTF-8 order, not UTF-16 order
+        "ｚ": torch.tensor(4.5),
+    }
+    for dtype in ck._DTYPES:  # distinct bytes in every position (bool: only 0 and 1)
+        raw = torch.arange(3 * dtype.itemsize) % (2 if dtype == torch.bool else 256)
+        out[f"all/{dtype}"] = raw.to(torch.uint8).view(dtype)
+    return out
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def test_streamed_file_is_byte_identical_to_safetensors(tmp_path):
+    import safetensors.torch
+
+    t = _mixed_tensors()
+    expected = {}
+    for k, v in t.items():  # what the library accepts: contiguous, no shared storage
+        v = v.contiguous().clone()
+        try:
+            safetensors.torch.save({"x": v})
+        except Exception:  # a dtype this safetensors does not know
+            continue
+        expected[k] = v
+    assert {"f32", "f16", "bf16", "i64", "bool", "empty f32"} <= set(expected)
+    path = save_checkpoint(tmp_path / "c", {k: t[k] for k in expected}, {})
+    assert tensor_file(path).read_bytes() == safetensors.torch.save(expected)
+    loaded, _ = load_checkpoint(path)
+    for k, v in expected.items():
+        assert loaded[k].dtype == v.dtype and loaded[k].shape == v.shape
+        assert torch.equal(_raw(loaded[k]), _raw(v))
+    # no tensors at all: the 8-byte "{}" header, as the library writes it
+    path = save_checkpoint(tmp_path / "empty", {}, {})
+    assert tensor_file(path).read_bytes() == safetensors.torch.save({})
+
+
+def test_save_streams_without_building_the_file_in_memory(tmp_path, monkeypatch):
+    import safetensors
+    import safetensors.torch
+
+    def forbidden(*a, **k):
+        raise AssertionError("the whole tensor file was built in memory")
+
+    for mod, name in [(safetensors.torch, "save"), (safetensors.torch, "serialize")]:
+        monkeypatch.setattr(mod, name, forbidden)
+    written = []
+    real = ck._tensor_bytes
+    monkeypatch.setattr(ck, "_tensor_bytes", lambda x: written.append(x.numel()) or real(x))
+    t = tensors()
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "c", t, {}))
+    assert sorted(written) == sorted(v.numel() for v in t.values())  # one tensor at a time
+    assert all(torch.equal(loaded[k], t[k]) for k in t)
+
+
+def test_bad_tensors_write_nothing(tmp_path):
+    with pytest.raises(ValueError, match="__metadata__"):
+        save_checkpoint(tmp_path / "a", {"__metadata__": torch.zeros(1)}, {})
+    with pytest.raises(TypeError, match="sparse"):
+        save_checkpoint(tmp_path / "a", {"s": torch.eye(2).to_sparse()}, {})
+    with pytest.raises(TypeError, match="str"):
+        save_checkpoint(tmp_path / "a", {1: torch.zeros(1)}, {})
+    if hasattr(torch, "float8_e8m0fnu"):  # safetensors writes it but cannot load it
+        with pytest.raises(TypeError, match="store and load"):
+            save_checkpoint(tmp_path / "a", {"e": torch.zeros(2, dtype=torch.float8_e8m0fnu)}, {})
+    assert not (tmp_path / "a").exists()
+
+
 def test_truncated_tensor_file(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", tensors(), meta())
     f = tensor_file(path)

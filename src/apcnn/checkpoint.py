@@ -5,8 +5,9 @@ Layout of a checkpoint directory ``CKPT/``::
     CKPT/meta.json                        config, schema, preprocessing, versions, tensor hash
     CKPT/tensors-<sha256[:16]>.safetensors all tensors (model weights, optimizer state, RNG)
 
-The tensor file is content-addressed: a save writes the new tensor file under its own name
-(temporary file, fsync, ``os.replace``), then replaces ``meta.json`` (which names the file and its
+The tensor file is content-addressed: a save streams the new tensor file, one tensor at a time
+(so memory does not grow with the state's size), under its own name (temporary file, sha256
+while writing, fsync, ``os.replace``), then replaces ``meta.json`` (which names the file and its
 sha256) in one atomic rename, then deletes the superseded tensor file. A crash at any point leaves
 either the previous checkpoint or the new one, both complete and verifiable; never a meta.json that
 points at the wrong tensors. ``meta.json`` also carries a sha256 of its own canonical content.
@@ -24,10 +25,14 @@ tensors, numpy arrays, ints, floats (incl. inf/nan), bools, None and strings bec
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import os
 import random
 import re
+import sys
+import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from apcnn.runlog import _fsync_dir, atomic_write_bytes, to_jsonable
+from apcnn.runlog import _UMASK, _fsync_dir, atomic_write_bytes, to_jsonable
 
 __all__ = [
     "CheckpointError",
@@ -73,29 +78,133 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 # ------------------------------------------------------------------------------------------ save
-def _prepare_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous, detached; tensors sharing storage are cloned (safetensors refuses them)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
+def _dtype_table() -> dict[torch.dtype, tuple[str, int]]:
+    """torch dtype -> (safetensors dtype name, rank). The rank is the position in the Rust
+    crate's ``Dtype`` enum (declared in increasing alignment), which ``safetensors`` sorts by
+    (descending, then by name) when it lays out a file; using the same order makes a streamed
+    file byte-identical to ``safetensors.torch.save`` (tests/test_checkpoint.py checks it)."""
+    order = [  # ascending, as in the crate; F4 and F8_E8M0 left out: safetensors 0.8 writes
+        ("BOOL", "bool"),  # them but cannot load them (and F4's shape counts nibbles)
+        ("U8", "uint8"),
+        ("I8", "int8"),
+        ("F8_E5M2", "float8_e5m2"),
+        ("F8_E4M3", "float8_e4m3fn"),
+        ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
+        ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
+        ("I16", "int16"),
+        ("U16", "uint16"),
+        ("F16", "float16"),
+        ("BF16", "bfloat16"),
+        ("I32", "int32"),
+        ("U32", "uint32"),
+        ("F32", "float32"),
+        ("C64", "complex64"),
+        ("F64", "float64"),
+        ("I64", "int64"),
+        ("U64", "uint64"),
+    ]
+    return {
+        getattr(torch, attr): (name, rank)
+        for rank, (name, attr) in enumerate(order)
+        if isinstance(getattr(torch, attr, None), torch.dtype)
+    }
+
+
+_DTYPES = _dtype_table()
+#: byte-swap unit per dtype on a big-endian host (complex64 is two float32)
+_WORD = {torch.complex64: 4}
+_UINT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _ordered_tensors(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """Check names and tensors; return them in safetensors' file order (by descending dtype
+    alignment, then name: str order is UTF-8 byte order, as in Rust). Nothing is copied."""
     for k, t in tensors.items():
         if not isinstance(k, str):
             raise TypeError(f"checkpoint tensor names must be str, got {k!r}")
+        if k == "__metadata__":
+            raise ValueError("checkpoint tensor name '__metadata__' is reserved by safetensors")
         if not isinstance(t, torch.Tensor):
             raise TypeError(
                 f"checkpoint tensor {k!r} is a {type(t).__name__}, not a torch.Tensor; put "
                 "non-tensor values into meta"
             )
-        if t.is_sparse:
+        if t.layout != torch.strided:
             raise TypeError(f"checkpoint tensor {k!r} is sparse; call .to_dense() first")
-        t = t.detach().to("cpu").contiguous()
-        if t.numel() > 0:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:
-                t = t.clone()
-                ptr = t.untyped_storage().data_ptr()
-            seen.add(ptr)
-        out[k] = t
-    return out
+        if t.dtype not in _DTYPES:
+            raise TypeError(
+                f"checkpoint tensor {k!r} has dtype {t.dtype}, which safetensors cannot "
+                "store and load; convert it first"
+            )
+    return sorted(tensors.items(), key=lambda kv: (-_DTYPES[kv[1].dtype][1], kv[0]))
+
+
+def _header(items: list[tuple[str, torch.Tensor]]) -> bytes:
+    """The 8-byte little-endian length and the JSON header, padded with spaces to a multiple of
+    8, encoded as serde_json does (compact, non-ASCII kept, the same escapes as ``json``)."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for k, t in items:
+        n = t.numel() * t.element_size()
+        header[k] = {
+            "dtype": _DTYPES[t.dtype][0],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    try:
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"checkpoint tensor names must be valid unicode: {e}") from None
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of one tensor (on the CPU), a view where possible: a CPU
+    contiguous tensor is not copied; a CUDA one is copied to the host, one tensor at a time."""
+    t = t.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if sys.byteorder == "little":
+        return memoryview(t.view(torch.uint8).numpy())
+    word = _WORD.get(t.dtype, t.element_size())  # pragma: no cover - big-endian hosts
+    return memoryview(t.view(_UINT[word]).numpy().byteswap())  # pragma: no cover
+
+
+def _write_tensor_file(
+    directory: Path, tensors: Mapping[str, torch.Tensor]
+) -> tuple[str, str, int]:
+    """Stream ``tensors`` as a safetensors file into ``directory``: header, then one tensor at
+    a time into a temporary file, hashed as written; fsync; rename to
+    ``tensors-<sha256[:16]>.safetensors``. Peak extra memory is about one tensor (a CUDA
+    tensor's host copy; none for CPU tensors), not the whole state as with
+    ``safetensors.torch.save``, which builds the file in memory. Returns (name, sha256, bytes).
+    """
+    items = _ordered_tensors(tensors)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tensors.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in itertools.chain(
+                [memoryview(_header(items))], (_tensor_bytes(t) for _, t in items)
+            ):
+                f.write(chunk)
+                digest.update(chunk)
+                size += chunk.nbytes
+            f.flush()
+            os.fsync(f.fileno())
+        sha = digest.hexdigest()
+        name = f"tensors-{sha[:16]}.safetensors"
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return name, sha, size
 
 
 def _canonical(meta: Mapping[str, Any]) -> bytes:
@@ -138,7 +247,9 @@ def save_checkpoint(
 
     Args:
         path: checkpoint directory (created; an existing checkpoint there is replaced).
-        tensors: ``{name: tensor}``; moved to CPU. Storage-sharing tensors are stored twice.
+        tensors: ``{name: tensor}``, streamed to the file one tensor at a time (CUDA tensors
+            are copied to the host one at a time); the file is byte-identical to
+            ``safetensors.torch.save``'s. Storage-sharing tensors are stored twice.
         meta: JSON-serialisable dict (dataclasses, objects with ``to_dict``, numpy/torch
             scalars, Paths are converted; non-finite floats become null). Conventionally
             :func:`checkpoint_meta` output. The keys ``checkpoint`` and ``meta_sha256`` are
@@ -147,8 +258,6 @@ def save_checkpoint(
     Returns:
         the path of the directory.
     """
-    import safetensors.torch
-
     import apcnn
 
     path = Path(path)
@@ -163,9 +272,10 @@ def save_checkpoint(
     if clash:
         raise ValueError(f"meta uses reserved checkpoint keys {clash}; rename them")
     body = dict(to_jsonable(body))
-    data = safetensors.torch.save(_prepare_tensors(tensors))
-    digest = hashlib.sha256(data).hexdigest()
-    name = f"tensors-{digest[:16]}.safetensors"
+    _canonical(body)  # reject bad meta and bad tensors before writing anything
+    _ordered_tensors(tensors)
+    path.mkdir(parents=True, exist_ok=True)
+    name, digest, size = _write_tensor_file(path, tensors)  # 1. new tensors under a new name
     full = {
         "checkpoint": {
             "format": FORMAT,
@@ -173,15 +283,13 @@ def save_checkpoint(
             "apcnn_version": apcnn.__version__,
             "torch_version": torch.__version__,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "tensor_file": {"name": name, "sha256": digest, "bytes": len(data)},
+            "tensor_file": {"name": name, "sha256": digest, "bytes": size},
         },
         **body,
     }
     full["meta_sha256"] = hashlib.sha256(_canonical(full)).hexdigest()
     meta_bytes = (json.dumps(full, indent=2, allow_nan=False) + "\n").encode("utf-8")
 
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path / name, data)  # 1. new tensors under a new name
     atomic_write_bytes(path / META_FILE, meta_bytes)  # 2. switch: meta names the new file
     for old in path.iterdir():  # 3. drop superseded tensor files and stale temporaries
         if old.name != name and (_TENSOR_RE.match(old.name) or old.name.endswith(".tmp")):

@@ -370,7 +370,9 @@ class RunDir:
 #: stderr is a terminal, else ``plain``. ``APCNN_PROGRESS_INTERVAL``: seconds between plain lines.
 PROGRESS_ENV = "APCNN_PROGRESS"
 INTERVAL_ENV = "APCNN_PROGRESS_INTERVAL"
-DEFAULT_INTERVAL = 30.0
+#: 10 s, as the solvers' heartbeats: at 30 s a long loop was silent 30 s plus one update (31 s
+#: measured, benchmarks/bench_awa2_case.py), over issue #18's 30-second limit
+DEFAULT_INTERVAL = 10.0
 
 
 def _progress_mode() -> str:
@@ -397,7 +399,7 @@ def progress(
     On a terminal: a ``tqdm`` bar (log lines of :class:`RunDir` go through ``tqdm.write``, so
     they never garble it). Elsewhere (stderr redirected to a file or a pipe): a
     :class:`PlainProgress` that writes one plain line (no carriage returns) every ``interval``
-    seconds (``APCNN_PROGRESS_INTERVAL``, default 30) and one at the end, with the same
+    seconds (``APCNN_PROGRESS_INTERVAL``, default 10) and one at the end, with the same
     information: ``desc: n/total (pct%) elapsed, rate, eta, postfix``. ``disable=True`` (e.g.
     ranks > 0) or ``APCNN_PROGRESS=off``: nothing is shown. Both kinds support ``update``,
     ``set_postfix``, ``set_postfix_str``, ``close``, iteration and ``with``.

@@ -293,6 +293,9 @@ def sgd_epoch(ctx: Context, sgd: SGD, method: Method, rnd: int, epoch: int, step
             _decay_tails_to_init(ctx)
         sgd.optimizer.step()
         running += float(loss.detach())
+    # every step sets the gradients to None before its backward, so they are dead from here
+    # on: free them (as large as the tails) before evaluation, checkpoint saves and solves
+    sgd.optimizer.zero_grad(set_to_none=True)
     if images is not None:
         images.close()  # leaves its fork_rng block now: the global random state comes back
     n_steps = len(global_batches)

@@ -278,6 +278,10 @@ class Trainer:
             if self.sgd is None or epoch == 0:
                 self.sgd = steps.new_sgd(self.ctx, method)
             steps.sgd_epoch(self.ctx, self.sgd, method, rnd, epoch, step)
+            if epoch == method.epochs(self.cfg.train) - 1:
+                # the stage is over (the next SGD stage starts a new optimizer): free the
+                # momentum buffers (as large as the tails) before solves and checkpoint saves
+                self.sgd = None
         elif kind == "solve":
             if rnd == 0:  # M-CNN and MG-CNN both start from S-CNN's fine-tuned tails
                 self.ctx.predictor.head = steps.new_head(self.ctx, self.schema.num_attributes)
