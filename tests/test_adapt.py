@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from _tiny import tiny_config  # noqa: E402  (tests/ is on sys.path)
-from apcnn.adapt import Mirrored, adapt_top, split_top, top_features
+from apcnn.adapt import Mirrored, adapt_top, feature_collapse, split_top, top_features
 from apcnn.config import ConfigError
 from apcnn.models.backbone import create_backbone
 
@@ -75,8 +75,51 @@ def test_adapt_top_trains_in_place_lowers_the_loss_and_is_seeded():
     assert model.conv_head is top[-2]  # the backbone itself was adapted
     again = adapt_top(twin, maps, y, mask, epochs=4, lr=3e-3, batch_size=16, seed=7)
     assert again == history
+    assert history[-1]["rejected"] is False  # a healthy adaptation passes the collapse guard
     for (k, a), b in zip(top.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert not any(p.requires_grad for p in top.parameters())
+
+
+def test_feature_collapse_flags_dead_or_shrunk_features_not_exact_zeros():
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(50, 40, generator=g).clamp(0, 6)  # ReLU6-like: many exact zeros
+    healthy = feature_collapse(before, before * 2 + 1)
+    assert healthy == {"dead_share": 0.0, "spread_ratio": pytest.approx(2.0), "collapsed": False}
+    dead = before.clone()
+    dead[:, :30] = 6.0  # 75 % of the features answer the same for every image: degraded, kept
+    verdict = feature_collapse(before, dead)
+    assert verdict["dead_share"] == pytest.approx(0.75) and not verdict["collapsed"]
+    dead[:, :39] = 0.0  # 97.5 %: collapsed
+    assert feature_collapse(before, dead)["collapsed"]
+    shrunk = feature_collapse(before, before * 1e-3)  # no constant feature, but 1e-3 the spread
+    assert shrunk["dead_share"] == 0.0 and shrunk["collapsed"]
+
+
+class _CollapsingAdamW(torch.optim.AdamW):
+    """AdamW that zeroes the first group's parameters (the top's) after each step: every image
+    then gets the same pooled features, the collapse of issue 19 made certain."""
+
+    def step(self, closure=None):  # type: ignore[override]
+        out = super().step(closure)
+        with torch.no_grad():
+            for p in self.param_groups[0]["params"]:
+                p.zero_()
+        return out
+
+
+def test_a_collapsed_adaptation_is_rejected_with_a_warning(monkeypatch, caplog):
+    bottom, top = split_top(create_backbone("tf_efficientnet_lite0", weights="none")[0], 1)
+    maps, y, mask = _toy_problem(bottom, n=8)
+    start = copy.deepcopy(top.state_dict())
+    monkeypatch.setattr(torch.optim, "AdamW", _CollapsingAdamW)
+    with caplog.at_level("WARNING", logger="apcnn.adapt"):
+        history = adapt_top(top, maps, y, mask, epochs=1, batch_size=4, seed=0)
+    assert history[-1]["rejected"] is True and history[-1]["dead_share"] > 0.95
+    assert "REJECTED, the ImageNet trunk is kept" in caplog.text
+    assert "train.adapt_blocks=0" in caplog.text and "train.adapt_lr" in caplog.text
+    for k, v in top.state_dict().items():  # the starting (ImageNet) top is back
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=k)
     assert not any(p.requires_grad for p in top.parameters())
 
 

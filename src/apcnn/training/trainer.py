@@ -181,6 +181,8 @@ class Trainer:
                 "epochs": t.adapt_epochs,
                 "lr": t.adapt_lr,
                 "final_loss": i.adaptation["history"][-1]["loss"],
+                # the collapse guard's verdict (apcnn.adapt): True = the ImageNet top was kept
+                "rejected": bool(i.adaptation["history"][-1].get("rejected", False)),
             }
         # the ridge CV behind the "auto" choices and the probe sees the initial tails (before
         # any resumed state is loaded), so a resumed run chooses exactly as the first did
