@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # the unit tier for the inner loop (under 3 minutes on 2 cores): no slow or distributed tests
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not distributed"
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow and not distributed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
