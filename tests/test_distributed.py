@@ -119,6 +119,31 @@ def _sharded_fit(X, Y, mask, world, shard=None, **kw):
     return results
 
 
+#: the sharded-solver tests' problem: two groups, tight tolerances (float64)
+SHARD_SOLVE = dict(
+    groups=[[0, 1, 2], [3, 4, 5]],
+    mu=2.0,
+    gamma=0.1,
+    lam=0.5,
+    K=4,
+    bias=True,
+    max_outer=10,
+    tol=1e-10,
+    inner_tol=1e-10,
+    max_iter=500,
+)
+
+
+def _assert_shards_equal_one_process(shards, full) -> None:
+    """L, S, bias identical on every shard and within 1e-9 relative of the one-process fit."""
+    for name in ("L", "S", "bias"):
+        ref = getattr(full, name)
+        for res in shards:
+            assert np.array_equal(getattr(res, name), getattr(shards[0], name))
+        rel = np.linalg.norm(getattr(shards[0], name) - ref) / np.linalg.norm(ref)
+        assert rel < 1e-9, name
+
+
 def test_sharded_solver_equals_one_process_solver():
     """All-reduced sums of the smooth part + the same proximal steps on every shard: the same L
     and S as one process with all rows (float64: up to rounding), identical on all shards."""
@@ -128,26 +153,9 @@ def test_sharded_solver_equals_one_process_solver():
     Y = np.sign(np.einsum("nmd,dm->nm", X, rng.normal(size=(D, M))) + 0.3 * rng.normal(size=(N, M)))
     mask = rng.random((N, M)) > 0.2
     mask[:45, 5] = False  # attribute 5 labelled on the last shard only
-    kw = dict(
-        groups=[[0, 1, 2], [3, 4, 5]],
-        mu=2.0,
-        gamma=0.1,
-        lam=0.5,
-        K=4,
-        bias=True,
-        max_outer=10,
-        tol=1e-10,
-        inner_tol=1e-10,
-        max_iter=500,
-    )
-    full = fit_alternating(X, Y, mask=mask, **kw)
-    shards = _sharded_fit(X, Y, mask, 3, **kw)
-    for name in ("L", "S", "bias"):
-        ref = getattr(full, name)
-        for res in shards:
-            assert np.array_equal(getattr(res, name), getattr(shards[0], name))
-        rel = np.linalg.norm(getattr(shards[0], name) - ref) / np.linalg.norm(ref)
-        assert rel < 1e-9, name
+    full = fit_alternating(X, Y, mask=mask, **SHARD_SOLVE)
+    shards = _sharded_fit(X, Y, mask, 3, **SHARD_SOLVE)
+    _assert_shards_equal_one_process(shards, full)
     assert shards[0].history[-1] == pytest.approx(full.history[-1], rel=1e-12)
 
 
@@ -178,26 +186,9 @@ def test_sharded_factored_features_equal_one_process():
         part = shard(None, slice(start, stop))
         assert 0 < part.nnz < full_x.nnz
         np.testing.assert_array_equal(part.dense().numpy(), X[start:stop])
-    kw = dict(
-        groups=[[0, 1, 2], [3, 4, 5]],
-        mu=2.0,
-        gamma=0.1,
-        lam=0.5,
-        K=4,
-        bias=True,
-        max_outer=10,
-        tol=1e-10,
-        inner_tol=1e-10,
-        max_iter=500,
-    )
-    full = fit_alternating(full_x, Y, mask=mask, **kw)
-    shards = _sharded_fit(X, Y, mask, world, shard=shard, **kw)
-    for name in ("L", "S", "bias"):
-        ref = getattr(full, name)
-        for res in shards:
-            assert np.array_equal(getattr(res, name), getattr(shards[0], name))
-        rel = np.linalg.norm(getattr(shards[0], name) - ref) / np.linalg.norm(ref)
-        assert rel < 1e-9, name
+    full = fit_alternating(full_x, Y, mask=mask, **SHARD_SOLVE)
+    shards = _sharded_fit(X, Y, mask, world, shard=shard, **SHARD_SOLVE)
+    _assert_shards_equal_one_process(shards, full)
     assert shards[0].history[-1] == pytest.approx(full.history[-1], rel=1e-9)
 
 
