@@ -28,11 +28,9 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from apcnn.runlog import _UMASK, _fsync_dir, atomic_write_bytes, to_jsonable
+from apcnn.runlog import _fsync_dir, atomic_path, atomic_write_bytes, to_jsonable
 
 __all__ = [
     "CheckpointError",
@@ -180,31 +178,20 @@ def _write_tensor_file(
     ``safetensors.torch.save``, which builds the file in memory. Returns (name, sha256, bytes).
     """
     items = _ordered_tensors(tensors)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tensors.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
     digest, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in itertools.chain(
-                [memoryview(_header(items))], (_tensor_bytes(t) for _, t in items)
-            ):
-                f.write(chunk)
-                digest.update(chunk)
-                size += chunk.nbytes
-            f.flush()
-            os.fsync(f.fileno())
-        sha = digest.hexdigest()
-        name = f"tensors-{sha[:16]}.safetensors"
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return name, sha, size
+
+    def final_name() -> str:
+        return f"tensors-{digest.hexdigest()[:16]}.safetensors"
+
+    with atomic_path(directory / "tensors", final_name=final_name) as tmp, open(tmp, "wb") as f:
+        for chunk in itertools.chain(
+            [memoryview(_header(items))], (_tensor_bytes(t) for _, t in items)
+        ):
+            f.write(chunk)
+            digest.update(chunk)
+            size += chunk.nbytes
+    sha = digest.hexdigest()
+    return final_name(), sha, size
 
 
 def _canonical(meta: Mapping[str, Any]) -> bytes:

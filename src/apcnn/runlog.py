@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,11 +62,13 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, final_name: Callable[[], str] | None = None) -> Iterator[Path]:
     """A temporary file beside ``path`` to write to; on success it is fsynced and renamed over
     ``path`` (``os.replace``), on an exception removed. The one atomic-write primitive of the
     package: a reader sees either the old file or the complete new one, never a partial write.
-    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600."""
+    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
+    ``final_name``: for a name known only once the content is written (a content hash), called
+    after the body; the file then lands at ``path.parent / final_name()``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -77,7 +79,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        os.replace(tmp, path if final_name is None else path.parent / final_name())
     except BaseException:
         try:
             os.unlink(tmp)
