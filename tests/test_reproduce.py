@@ -130,3 +130,15 @@ def test_a_finished_fold_is_reused_only_with_the_same_set(tmp_path):
     assert run_fold("DATA", fold, 0, 5, False, ["model.flip_average=false"]) == record
     with pytest.raises(ConfigError, match="pass a new --out"):
         run_fold("DATA", fold, 0, 5, False, [])
+
+
+def test_run_folds_chooses_the_folds_and_names_the_valid_range(tmp_path, capsys):
+    from apcnn.cli import main
+    from apcnn.reproduce import check_run_folds
+
+    assert check_run_folds(None, 5, quick=False) == [0, 1, 2, 3, 4]
+    assert check_run_folds(None, 5, quick=True) == [0]
+    assert check_run_folds([4, 1, 1], 5, quick=True) == [1, 4]  # --quick on chosen folds
+    assert main(["reproduce", "clothing", "--root", str(tmp_path), "--run-folds", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--run-folds 5" in err and "0..4" in err and err.count("\n") == 1

@@ -218,6 +218,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         overrides=args.set,
         protocol=args.protocol,
         label_fractions=args.label_fraction,
+        run_folds=args.run_folds,
     )
     return 0
 
@@ -483,6 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and the report; 1 is the main run, e.g. --label-fraction 0.05 0.1 0.25 0.5 1",
     )
     p.add_argument("--quick", action="store_true", help="one fold, reduced schedule")
+    p.add_argument(
+        "--run-folds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="train only these folds (0-based; default: all, fold 0 with --quick), e.g. "
+        "--quick --run-folds 0 1 2 3 4 for the short schedule on every fold, or one fold per "
+        "call: finished folds in OUT are reused, so a last call with every fold gathers them",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -136,6 +136,23 @@ def check_fractions(fractions: Sequence[float]) -> list[float]:
     return sorted(set(out))
 
 
+def check_run_folds(run_folds: Sequence[int] | None, folds: int, quick: bool) -> list[int]:
+    """The folds to train: ``run_folds`` sorted and without repeats, each in ``[0, folds)``;
+    None: every fold, or fold 0 with ``quick``. ConfigError names the valid range."""
+    from .config import ConfigError
+
+    if run_folds is None or len(run_folds) == 0:
+        return [0] if quick else list(range(folds))
+    chosen = sorted({int(k) for k in run_folds})
+    bad = [k for k in chosen if not 0 <= k < folds]
+    if bad:
+        raise ConfigError(
+            f"--run-folds {' '.join(map(str, bad))}: with --folds {folds} a fold is one of "
+            f"0..{folds - 1}"
+        )
+    return chosen
+
+
 def fraction_dir(fraction: float) -> str:
     """The folder of a label fraction's folds: ``frac0.10`` (two decimals, more when needed)."""
     text = f"{fraction:.2f}"
@@ -476,6 +493,7 @@ def reproduce_clothing(
     progress: bool = True,
     protocol: str = "adapted",
     label_fractions: Sequence[float] = (),
+    run_folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run the protocol and write ``OUT/results.json`` and ``OUT/report.md``.
 
@@ -483,7 +501,10 @@ def reproduce_clothing(
     (``configs/clothing_paper.yaml``), see the module docstring; ``out`` defaults to
     :func:`default_out` of it. ``label_fractions``: fractions in (0, 1]; each F < 1 runs the
     folds again with ``data.label_fraction=F`` in ``OUT/frac<F>/fold<k>`` and ``results.json``
-    gets a ``label_budget`` block (F = 1 is the main run, always part of it).
+    gets a ``label_budget`` block (F = 1 is the main run, always part of it). ``run_folds``: the
+    folds to train (default every fold, fold 0 with ``quick``), e.g. the quick schedule on all
+    folds, or the folds split over machines: each call reuses the folds already finished in
+    ``out``, so a last call with every fold only gathers them.
 
     ``overrides``: ``key=value`` changes to the recipe (``CLOTHING_SETTINGS``), as ``apcnn train
     --set``; e.g. complete per-attribute CNNs on a GPU: ``model.tail=all``,
@@ -503,6 +524,7 @@ def reproduce_clothing(
     out = Path(default_out(protocol) if out is None else out)
     overrides = list(overrides)
     fractions = check_fractions(label_fractions)
+    fold_ids = check_run_folds(run_folds, folds, quick)
     # a bad --set fails here
     fold_config(root, out / "fold0", 0, folds, quick, overrides, protocol=protocol)
     try:
@@ -514,7 +536,6 @@ def reproduce_clothing(
             "and labels/<attribute>_GT.mat (check it with `apcnn data verify clothing --root DIR`)"
         ) from None
     start = time.time()
-    fold_ids = [0] if quick else list(range(folds))
     run = dict(protocol=protocol, progress=progress)
     records = _run_folds(root, out, fold_ids, folds, quick, overrides, label_fraction=1.0, **run)
     by_fraction = {1.0: records}
