@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .pooling import RegionPool, check_region, region_mean
+from .sync_bn import agree_min, global_batch_norm, sync_world_size
 
 __all__ = ["StackedBatchNorm2d", "StackedConv2d", "StackedTail", "stack_module", "unstack_module"]
 
@@ -161,7 +162,11 @@ class StackedBatchNorm2d(nn.Module):
     """M copies of a BatchNorm2d (or timm ``BatchNormAct2d``: BN, then dropout and activation).
 
     Parameters and running statistics have M*C entries, copy m at ``m*C:(m+1)*C``; in train mode
-    each channel is normalised by its own batch statistics, so copies never mix.
+    each channel is normalised by its own batch statistics, so copies never mix. Training under
+    an initialised process group of N > 1 ranks, those are the statistics of the global batch
+    (the ranks' slices together: :func:`apcnn.models.sync_bn.global_batch_norm`, gloo or NCCL),
+    so the step equals one process's with the whole batch; otherwise ``F.batch_norm`` as
+    ``BatchNorm2d`` runs it.
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, num_copies: int):
@@ -222,6 +227,17 @@ class StackedBatchNorm2d(nn.Module):
             )
         bn_training = self.training or (running_mean is None and running_var is None)
         use_buffers = not self.training or self.track_running_stats
+        if self.training and sync_world_size() > 1:  # statistics of the global batch
+            x = global_batch_norm(
+                x,
+                running_mean if use_buffers else None,
+                running_var if use_buffers else None,
+                weight,
+                bias,
+                factor,
+                self.eps,
+            )
+            return self.act(self.drop(x))
         x = F.batch_norm(
             x,
             running_mean if use_buffers else None,
@@ -425,6 +441,10 @@ class StackedTail(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"tail input must be (B, C, H, W), got shape {tuple(x.shape)}")
         M, c = self.num_copies, self.copies_per_pass(x)
+        if self._syncs_batch_norm() and self.chunk_size == "auto" and x.device.type == "cpu":
+            # "auto" follows this rank's batch slice; the global batch norm needs the same
+            # passes (one all-reduce of the same size each) on every rank
+            c = agree_min(c, x.device)
         if c >= M:
             y = self.layers(x.repeat(1, M, 1, 1) if self.expand_input else x)
             return region_mean(y, self.pool_region).view(y.shape[0], M, self.feature_dim)
@@ -443,6 +463,12 @@ class StackedTail(nn.Module):
             for mod in stacked:
                 mod.select_chunk(None)
         return torch.cat(outs, 1).view(x.shape[0], M, self.feature_dim)
+
+    def _syncs_batch_norm(self) -> bool:
+        """Whether a forward now all-reduces batch-norm statistics over the ranks."""
+        if sync_world_size() <= 1:
+            return False
+        return any(m.training for m in self.layers.modules() if isinstance(m, StackedBatchNorm2d))
 
     def unstacked(self, m: int) -> nn.Sequential:
         """Copy m as an independent module: (B, C, H, W) -> (B, D)."""
