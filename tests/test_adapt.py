@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from _tiny import tiny_config  # noqa: E402  (tests/ is on sys.path)
-from apcnn.adapt import Mirrored, adapt_top, feature_collapse, split_top, top_features
+from apcnn.adapt import (
+    Mirrored,
+    adapt_top,
+    feature_collapse,
+    split_top,
+    top_features,
+    validation_gate,
+)
 from apcnn.config import ConfigError
 from apcnn.models.backbone import create_backbone
 
@@ -192,11 +199,14 @@ def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path, flip):
     from apcnn.training import Trainer, train
 
     out = tmp_path / "run"
+    # without the validation gate (on these 160 noise images it reverts: test below)
     extra = ["model.tail=fc", "train.adapt_blocks=2", "train.adapt_epochs=2"]
+    extra += ["train.adapt_gate=none"]
     extra += ["train.methods=[S-CNN, MG-CNN]", f"model.flip_average={str(flip).lower()}"]
     result = train(tiny_config(out, *extra))
     metrics = json.loads((out / "metrics.json").read_text())
     assert "adapt" in result["chosen"] and result["chosen"]["adapt"]["blocks"] == 2
+    assert result["chosen"]["adapt"]["gate"] is None
     assert "adapting the last 2 blocks" in (out / "train.log").read_text()
     adapted, meta = load_checkpoint(out / "checkpoints" / "adapted_top")
     assert len(meta["history"]) == 2
@@ -228,6 +238,79 @@ def test_engine_adapts_the_trunk_and_checkpoints_carry_it(tmp_path, flip):
     xs = again.pretrained_inputs("test")
     assert xs.shape == again.splits["test"].inputs.shape
     assert not torch.allclose(xs, again.splits["test"].inputs)
+
+
+def _labels_and_features(n: int, seed: int):
+    """(x (n, 20), y (n, 3), mask (n, 3)): labels y = sign(x w + 0.1) of the features; a tenth
+    of the labels unknown."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 20))
+    y = np.sign(x @ rng.normal(size=(20, 3)) + 0.1)
+    return x, y, rng.random((n, 3)) > 0.1
+
+
+def test_validation_gate_keeps_the_top_whose_probe_wins_on_validation():
+    """The gate's decision on synthetic features: adapted features that are noise against
+    informative ImageNet features -> reverted; the opposite -> kept; a tie -> kept."""
+    import numpy as np
+
+    x_all, y_all, m_all = _labels_and_features(450, seed=0)  # 300 train, 150 validation
+    rng = np.random.default_rng(1)
+    noise_train, noise_val = rng.normal(size=(300, 20)), rng.normal(size=(150, 20))
+    good_train, y_train, m_train = x_all[:300], y_all[:300], m_all[:300]
+    good_val, y_val, m_val = x_all[300:], y_all[300:], m_all[300:]
+    labels = (y_train, m_train, y_val, m_val)
+    bad = validation_gate((noise_train, noise_val), (good_train, good_val), *labels)
+    assert bad["kept"] is False and bad["imagenet"] > 0.9 and bad["adapted"] < 0.7
+    good = validation_gate((good_train, good_val), (noise_train, noise_val), *labels)
+    assert good["kept"] is True and good["adapted"] == bad["imagenet"]
+    tie = validation_gate((good_train, good_val), (good_train, good_val), *labels)
+    assert tie["kept"] is True and tie["adapted"] == tie["imagenet"]
+    # a loss within the tolerance keeps the adapted top
+    lenient = validation_gate(
+        (noise_train, noise_val), (good_train, good_val), *labels, tolerance=1
+    )
+    assert lenient["kept"] is True
+
+
+def test_the_validation_gate_reverts_a_losing_adaptation_end_to_end_and_on_resume(tmp_path):
+    """train.adapt_gate=validation (the default): on the tiny synthetic run (160 noise images,
+    a 2-block adaptation) the probe on the ImageNet top wins on validation, so the ImageNet top
+    is put back with a WARNING, recorded in chosen.adapt.gate and in the adapted_top meta, and
+    saved: every method's features are then S-extract's, also after a resume."""
+    from apcnn.checkpoint import load_checkpoint
+    from apcnn.runlog import RunDir
+    from apcnn.training import Trainer
+
+    out = tmp_path / "run"
+    cfg = tiny_config(out, "model.tail=fc", "train.adapt_blocks=2", "train.adapt_epochs=2")
+    assert cfg.train.adapt_gate == "validation"
+    with RunDir(out) as run:
+        trainer = Trainer(cfg, run)
+    gate = trainer.chosen["adapt"]["gate"]
+    assert set(gate) == {"adapted", "imagenet", "kept"} and gate["kept"] is False
+    assert gate["adapted"] < gate["imagenet"]
+    assert trainer.chosen["adapt"]["rejected"] is False  # not a collapse: the gate's call
+    log = (out / "train.log").read_text()
+    assert "REVERTED by the validation gate" in log and "train.adapt_blocks=0" in log
+    assert "train.adapt_epochs" in log
+    saved, meta = load_checkpoint(out / "checkpoints" / "adapted_top")
+    assert meta["history"][-1]["gate"] == gate
+    pretrained = create_backbone("tf_efficientnet_lite0", weights="imagenet")[0].state_dict()
+    torch.testing.assert_close(saved["2.weight"], pretrained["conv_head.weight"], rtol=0, atol=0)
+    for split in ("train", "test"):  # the methods see exactly the ImageNet (S-extract) features
+        torch.testing.assert_close(
+            trainer.splits[split].inputs, trainer.pretrained_inputs(split), rtol=0, atol=0
+        )
+    with RunDir(out) as run:
+        again = Trainer(tiny_config(out, "model.tail=fc", "train.adapt_blocks=2"), run)
+    assert "trunk adaptation loaded" in (out / "train.log").read_text()
+    assert again.chosen["adapt"]["gate"] == gate
+    torch.testing.assert_close(
+        again.splits["test"].inputs, trainer.splits["test"].inputs, rtol=0, atol=0
+    )
 
 
 def test_adapt_blocks_needs_an_fc_tail_on_a_frozen_trunk(tmp_path):

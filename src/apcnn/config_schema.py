@@ -222,6 +222,13 @@ class TrainLoopConfig:
     weight_decay: float = 5e-4  #: SGD weight decay (L2) of tails and heads
     #: weight decay of the head (S-CNN's per-attribute w_m); None: ``weight_decay``
     head_weight_decay: float | None = None
+    #: the SGD loss weights attribute m by mtl.task_weights' c_m, as the solver's objective.
+    #: Every parameter SGD trains belongs to one attribute (its tail, its head column, its
+    #: bias), so c_m mainly scales that attribute's step size; false: unweighted SGD loss (the
+    #: same steps for every attribute; the objective differs only through weight_decay / c_m).
+    #: With few labels c_m can span 300x (10 % of Clothing's: 0.29 to 87) and the 87x
+    #: attribute's steps diverge at lr 0.01
+    sgd_task_weights: bool = True
     #: L2-SP: the tails' weight decay pulls them towards their initial (pretrained / identity)
     #: values instead of towards zero (Li et al., ICML 2018)
     tail_decay_to_init: bool = False
@@ -242,6 +249,10 @@ class TrainLoopConfig:
     adapt_blocks: int = 0
     adapt_epochs: int = 8  #: epochs of trunk adaptation
     adapt_lr: float = 1e-3  #: AdamW peak learning rate of the adapted blocks (head: 10x)
+    #: after the adaptation, "validation": a per-attribute ridge probe on the adapted and on the
+    #: ImageNet top's pooled features (fitted on train, scored on the validation labels); the
+    #: ImageNet top is put back when the adapted one scores lower (few labels); "none": off
+    adapt_gate: Literal["validation", "none"] = "validation"
     epochs_joint: int = 3  #: MG-CNN epochs per round
     rounds: int = 2  #: alternations between the MTL solver and SGD
     #: M-CNN / MG-CNN end with the model of the round (the state after a solve) with the best

@@ -4,11 +4,14 @@ The frozen trunk's output is computed once per source dataset and cached on disk
 (:class:`apcnn.features.FeatureCache`, keyed by dataset, backbone, weights, transform and pooling);
 the tails train on those cached features. With ``train.adapt_blocks=n`` the last n blocks of the
 trunk are first fine-tuned on all attributes (:mod:`apcnn.adapt`, on cached maps of the frozen
-blocks below; saved in ``checkpoints/adapted_top`` so a resumed run reuses it) and every method
-works on the adapted trunk, while :meth:`Inputs.pretrained_inputs` still gives the ImageNet
-trunk's features. With ``model.flip_average`` the bottom maps of the mirror images are cached
-too. With ``model.freeze_trunk=false`` a split keeps its images instead, and the current trunk
-runs on them batch by batch (training images augmented with seeded draws, for exact resume).
+blocks below; saved in ``checkpoints/adapted_top`` so a resumed run reuses it; with
+``train.adapt_gate=validation`` the ImageNet top is put back when a ridge probe on its features
+beats the adapted ones on the validation labels, and that reverted top is what is saved) and
+every method works on the (kept) adapted trunk, while :meth:`Inputs.pretrained_inputs` still
+gives the ImageNet trunk's features. With ``model.flip_average`` the bottom maps of the mirror
+images are cached too. With ``model.freeze_trunk=false`` a split keeps its images instead, and
+the current trunk runs on them batch by batch (training images augmented with seeded draws, for
+exact resume).
 Under torchrun the ranks extract contiguous shards and gather them in dataset order.
 """
 
@@ -238,9 +241,8 @@ class Inputs:
     def _adapted_features(self) -> dict[int, torch.Tensor]:
         """Adapt the top of the trunk on the training split (or load the adaptation of an
         interrupted run), then ``{id(source): pooled adapted-trunk features}`` of every source."""
-        from ..adapt import adapt_top, top_features
+        from ..adapt import adapt_top
         from ..checkpoint import load_checkpoint, save_checkpoint
-        from ..features import key_digest
 
         assert self.top is not None
         t = self.cfg.train
@@ -287,38 +289,144 @@ class Inputs:
             with torch.no_grad():
                 for p in self.top.parameters():
                     p.copy_(distributed.all_reduce_sum(p) / self.dist.world_size)
+            if t.adapt_gate == "validation" and not history[-1].get("rejected", False):
+                gate = self._validation_gate(read)
+                if gate is not None:
+                    history[-1]["gate"] = gate
+            # saved after the gate: a reverted adaptation is saved as the ImageNet top, so a
+            # resumed run reaches the same features
             if self.dist.is_main:
                 state = {k: v.detach().cpu().contiguous() for k, v in self.top.state_dict().items()}
                 save_checkpoint(path, state, {"history": history})
             distributed.barrier()
-        digest = key_digest(
+        digest = self._top_digest()
+        self.adaptation = {"history": history, "digest": digest}
+        last = history[-1]
+        # rejected by the collapse guard or reverted by the gate: the top is the ImageNet one,
+        # and the features are exactly those of pretrained_inputs (S-extract's)
+        reverted = last.get("rejected", False) or not (last.get("gate") or {}).get("kept", True)
+        features = {}
+        for source, _ in self.datasets.values():
+            if id(source) not in features:
+                features[id(source)] = (
+                    self._pretrained_features(source, read)
+                    if reverted
+                    else self._adapted_top_features(source, read, digest)
+                )
+        return features
+
+    def _top_digest(self) -> str:
+        """A digest of the top's current weights: the adapted features' cache key."""
+        from ..features import key_digest
+
+        assert self.top is not None
+        return key_digest(
             {
                 k: hashlib.sha256(v.cpu().numpy().tobytes()).hexdigest()
                 for k, v in self.top.state_dict().items()
             }
         )
-        self.adaptation = {"history": history, "digest": digest}
-        features = {}
-        for source, _ in self.datasets.values():
-            if id(source) in features:
-                continue
-            key = dict(self.feature_key(source), adapted=digest)
-            features[id(source)] = self._cache().get_or_compute(
-                key,
-                lambda src=source: top_features(
-                    self.top,
-                    read(src),
-                    self.cfg.model.pool_region,
-                    mirrored=read(src, True),
-                    amp=self.amp,
-                ),
+
+    def _adapted_top_features(self, source: Any, read: Any, digest: str) -> torch.Tensor:
+        """(N, D) pooled features of the current (adapted) top on ``source``'s bottom maps
+        (``read(source, mirrored)``), cached under the top's ``digest``."""
+        from ..adapt import top_features
+
+        return self._cache().get_or_compute(
+            dict(self.feature_key(source), adapted=digest),
+            lambda: top_features(
+                self.top,
+                read(source),
+                self.cfg.model.pool_region,
+                mirrored=read(source, True),
+                amp=self.amp,
+            ),
+        )
+
+    def _pretrained_features(self, source: Any, read: Any = None) -> torch.Tensor:
+        """(N, D) pooled features of the ImageNet (pretrained) top on ``source``'s cached bottom
+        maps, cached under the frozen trunk's key; ``read(source, mirrored)`` gives the maps
+        (default: :meth:`bottom_maps` / :meth:`mirror_maps`)."""
+        from ..adapt import top_features
+
+        assert self.pretrained_top is not None
+        if read is None:
+
+            def read(src: Any, mirrored: bool = False) -> torch.Tensor | None:
+                return self.mirror_maps(src) if mirrored else self.bottom_maps(src)
+
+        return self._cache().get_or_compute(
+            self.feature_key(source),
+            lambda: top_features(
+                self.pretrained_top.to(self.device),
+                read(source),
+                self.cfg.model.pool_region,
+                mirrored=read(source, True),
+            ),
+        )
+
+    def _validation_gate(self, read: Any) -> dict[str, Any] | None:
+        """The adaptation's validation gate (:func:`apcnn.adapt.validation_gate`): a per-attribute
+        ridge probe on the adapted and on the ImageNet top's pooled features, fitted on the
+        training split, scored on the validation split's labels. When the adapted top loses, the
+        ImageNet top is put back (with a WARNING). Returns the gate's record, or None without
+        validation labels. Every rank computes it; rank 0's decision is broadcast (the ranks'
+        features may differ in the last bits on different devices)."""
+        from ..adapt import validation_gate
+
+        if "val" not in self.datasets:
+            return None
+        (source, rows), (val_source, val_rows) = self.datasets["train"], self.datasets["val"]
+        if not np.asarray(val_source.mask[val_rows]).any():
+            return None
+        digest = self._top_digest()
+        pairs = {}
+        for name, fn in (
+            ("adapted", lambda src: self._adapted_top_features(src, read, digest)),
+            ("imagenet", lambda src: self._pretrained_features(src, read)),
+        ):
+            pairs[name] = (fn(source)[rows].numpy(), fn(val_source)[val_rows].numpy())
+        gate = validation_gate(
+            pairs["adapted"],
+            pairs["imagenet"],
+            np.asarray(source.targets[rows]),
+            np.asarray(source.mask[rows], dtype=bool),
+            np.asarray(val_source.targets[val_rows]),
+            np.asarray(val_source.mask[val_rows], dtype=bool),
+            seed=self.cfg.train.seed,
+        )
+        mine = [gate["adapted"], gate["imagenet"], float(gate["kept"])]
+        agreed = distributed.all_reduce_sum(
+            torch.tensor(mine if self.dist.is_main else [0.0] * 3, dtype=torch.float64)
+        ).tolist()
+        gate = {"adapted": agreed[0], "imagenet": agreed[1], "kept": agreed[2] > 0.5}
+        labels = int(np.asarray(val_source.mask[val_rows]).sum())
+        if gate["kept"]:
+            self.log.info(
+                "trunk adaptation kept by the validation gate: probe accuracy %.2f %% on the "
+                "adapted features, %.2f %% on the ImageNet ones (%d validation labels)",
+                100 * gate["adapted"],
+                100 * gate["imagenet"],
+                labels,
             )
-        return features
+            return gate
+        assert self.pretrained_top is not None
+        self.top.load_state_dict(self.pretrained_top.state_dict())
+        self.log.warning(
+            "trunk adaptation REVERTED by the validation gate, the ImageNet top is kept: a "
+            "per-attribute ridge probe on the adapted features reaches %.2f %% validation "
+            "accuracy against %.2f %% on the ImageNet features (%d validation labels). The "
+            "adaptation overfits these labels: give more labels, lower train.adapt_epochs, or "
+            "set train.adapt_blocks=0 (train.adapt_gate=none keeps the adaptation anyway)",
+            100 * gate["adapted"],
+            100 * gate["imagenet"],
+            labels,
+        )
+        return gate
 
     def pretrained_inputs(self, split: str) -> torch.Tensor:
         """A split's trunk features from the pretrained (not adapted) trunk, (n, D) on the
         split's device: ``splits[split].inputs`` when there is no trunk adaptation."""
-        from ..adapt import top_features
 
         data = self.splits[split]
         source, _ = self.datasets[split]
@@ -327,16 +435,7 @@ class Inputs:
             if self.cfg.model.tail == "fc" and not self.trainable_trunk:
                 return data.inputs  # the frozen, pooled ImageNet trunk's cached features
             return self._imagenet_features(source)[idx].to(self.device, self.dtype)
-        features = self._cache().get_or_compute(
-            self.feature_key(source),
-            lambda: top_features(
-                self.pretrained_top.to(self.device),
-                self.bottom_maps(source),
-                self.cfg.model.pool_region,
-                mirrored=self.mirror_maps(source),
-            ),
-        )
-        return features[idx].to(self.device, self.dtype)
+        return self._pretrained_features(source)[idx].to(self.device, self.dtype)
 
     def _imagenet_features(self, dataset: Any) -> torch.Tensor:
         """(N, D) pooled features of the whole ImageNet network (fresh from the weights file,

@@ -183,6 +183,9 @@ class Trainer:
                 "final_loss": i.adaptation["history"][-1]["loss"],
                 # the collapse guard's verdict (apcnn.adapt): True = the ImageNet top was kept
                 "rejected": bool(i.adaptation["history"][-1].get("rejected", False)),
+                # the validation gate (train.adapt_gate): {"adapted", "imagenet": probe
+                # accuracies, "kept": bool}; None when it did not run
+                "gate": i.adaptation["history"][-1].get("gate"),
             }
         # the ridge CV behind the "auto" choices and the probe sees the initial tails (before
         # any resumed state is loaded), so a resumed run chooses exactly as the first did
