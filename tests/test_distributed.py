@@ -185,7 +185,8 @@ def test_sharded_factored_features_equal_one_process():
         start, stop = distributed.shard_range(N, r, world)
         part = shard(None, slice(start, stop))
         assert 0 < part.nnz < full_x.nnz
-        np.testing.assert_array_equal(part.dense().numpy(), X[start:stop])
+        # a matmul over fewer rows may block differently: equal up to the last bit or two
+        np.testing.assert_allclose(part.dense().numpy(), X[start:stop], rtol=1e-13, atol=1e-15)
     full = fit_alternating(full_x, Y, mask=mask, **SHARD_SOLVE)
     shards = _sharded_fit(X, Y, mask, world, shard=shard, **SHARD_SOLVE)
     _assert_shards_equal_one_process(shards, full)
