@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .report_tables import CHANCE_BAND, THRESHOLD_RULE_TEXT, has_spread, sub_block
+from .report_tables import CHANCE_BAND, THRESHOLD_RULE_TEXT, has_spread, sub_block, table_layout
 
 
 def esc(x: Any) -> str:
@@ -42,12 +42,7 @@ def results_table(
         return ""
 
     paper = dict(paper or {})
-    groups: list[str] = []
-    for b in [*blocks.values(), *paper.values()]:
-        for g in b.get("groups", {}):
-            if g not in groups:
-                groups.append(g)
-    names = list(paper) + [n for n in blocks if n not in paper] if paper else list(blocks)
+    groups, names = table_layout(blocks, paper)
     with_ma = key is None and any(
         isinstance(b.get("balanced_accuracy"), Mapping) for b in blocks.values()
     )

@@ -201,6 +201,21 @@ def _cell(value: Any, std: Any, paper: Any, with_paper: bool) -> str:
     return text
 
 
+def table_layout(
+    blocks: Mapping[str, Mapping[str, Any]], paper: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The columns and rows of a results table: the groups in order of first appearance over
+    our blocks then the paper's, and the method names (with a reference: the paper's row order,
+    S-extract ... MG-CNN, CRF, then our other methods)."""
+    groups: list[str] = []
+    for b in [*blocks.values(), *paper.values()]:
+        for g in b.get("groups", {}):
+            if g not in groups:
+                groups.append(g)
+    names = list(paper) + [n for n in blocks if n not in paper] if paper else list(blocks)
+    return groups, names
+
+
 def format_table(
     results: Mapping[str, Any],
     paper: Mapping[str, Any] | None = None,
@@ -237,13 +252,7 @@ def format_table(
         if isinstance(b, Mapping) and "total" in b:
             blocks[name] = b
     paper = dict(paper or {})
-    groups: list[str] = []
-    for b in [*blocks.values(), *paper.values()]:
-        for g in b.get("groups", {}):
-            if g not in groups:
-                groups.append(g)
-    # with a reference: the paper's row order (S-extract ... MG-CNN, CRF), then our other methods
-    names = [p for p in paper] + [n for n in blocks if n not in paper] if paper else list(blocks)
+    groups, names = table_layout(blocks, paper)
     with_paper = bool(paper)
     with_ma = key is None and any(
         b.get("metric") != "balanced_accuracy" and isinstance(b.get("balanced_accuracy"), Mapping)
