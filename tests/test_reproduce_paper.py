@@ -38,6 +38,7 @@ def test_paper_preset_is_the_papers_setting(tmp_path):
         "train.adapt_blocks",
         "train.adapt_epochs",
         "train.adapt_lr",
+        "train.sgd_task_weights",
     }
     assert {"model.tail", "model.flip_average", "train.adapt_blocks"} <= differ
     # the packaged file, read through the same path as `apcnn train -c configs/...`
@@ -91,6 +92,42 @@ def test_a_finished_fold_is_never_reused_by_another_protocol_or_fraction(tmp_pat
     assert run_fold("DATA", fold, 0, 5, False, protocol="paper", label_fraction=0.1) == paper
     with pytest.raises(ConfigError, match="--protocol paper, not adapted"):
         run_fold("DATA", fold, 0, 5, False, label_fraction=0.1)
+
+
+def test_a_finished_fold_is_matched_by_its_resolved_recipe(tmp_path):
+    """fold.json stores the resolved configuration (paths left out): a preset that changed since
+    is refused with the changed keys named, and the same recipe reached by other --set flags (or
+    with the data elsewhere) is reused."""
+    from apcnn.config import ConfigError
+    from apcnn.reproduce import fold_config, fold_recipe, run_fold
+
+    fold = tmp_path / "fold2"
+    fold.mkdir()
+    ran_with = ["train.sgd_task_weights=false"]
+    cfg = fold_config("/data/a", fold, 2, 5, True, ran_with, protocol="paper")
+    record = {
+        "fold": 2,
+        "results": {},
+        "protocol": "paper",
+        "overrides": ran_with,
+        "label_fraction": 1.0,
+        "recipe": fold_recipe(cfg),
+    }
+    assert "data.root" not in record["recipe"] and record["recipe"]["train.lr"] == 0.01
+    (fold / "fold.json").write_text(json.dumps(record))
+
+    def again(overrides, root="/data/b"):
+        return run_fold(root, fold, 2, 5, True, overrides, protocol="paper")
+
+    assert again(ran_with) == record  # the data moved: same recipe
+    # the same value by the preset or by --set: reused either way
+    record["recipe"]["train.lr"] = 0.02
+    (fold / "fold.json").write_text(json.dumps(record))
+    assert again(ran_with + ["train.lr=0.02"]) == record
+    with pytest.raises(ConfigError, match=r"another recipe \(train.lr: 0.02 there, 0.01 now\)"):
+        again(ran_with)
+    with pytest.raises(ConfigError, match="train.epochs_single: 3 there, 7 now"):
+        again(ran_with + ["train.lr=0.02", "train.epochs_single=7"])
 
 
 def test_cli_protocol_and_label_fraction(tmp_path, capsys, monkeypatch):

@@ -325,21 +325,65 @@ def extract_methods(trainer: Any, quick: bool = False) -> tuple[dict[str, Any], 
     return results, chosen
 
 
-def check_fold_record(record: dict[str, Any], out: Path, expected: dict[str, Any]) -> None:
+#: configuration keys that say where or how a fold ran, not what it computed: left out of the
+#: recipe a finished fold is matched by (so folds can be gathered from other machines)
+PLACE_KEYS = frozenset(
+    {"data.root", "run.out", "data.num_workers", "train.dist_timeout", "train.dist_debug"}
+)
+
+
+def fold_recipe(cfg: Any) -> dict[str, Any]:
+    """A fold's recipe: its resolved configuration flat (``"train.lr": 0.01``, JSON values),
+    without :data:`PLACE_KEYS`; stored in ``fold.json`` and compared before a fold is reused."""
+    from .config import config_to_dict
+
+    flat = {f"{s}.{k}": v for s, keys in config_to_dict(cfg).items() for k, v in keys.items()}
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in PLACE_KEYS}))
+
+
+def _recipe_changes(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """``"key: A there, B now"`` for each key whose value differs (or exists on one side)."""
+    missing = "(absent)"
+    return [
+        f"{k}: {have.get(k, missing)} there, {want.get(k, missing)} now"
+        for k in sorted(set(have) | set(want))
+        if have.get(k, missing) != want.get(k, missing)
+    ]
+
+
+def check_fold_record(
+    record: dict[str, Any],
+    out: Path,
+    expected: dict[str, Any],
+    recipe: dict[str, Any] | None = None,
+) -> None:
     """ConfigError unless a finished fold's ``record`` was run as ``expected`` asks: the same
-    ``protocol``, ``overrides`` and ``label_fraction`` (records written before a key existed
-    count as its default: ``adapted``, ``[]``, ``1.0``)."""
+    ``protocol`` and ``label_fraction``, and then the same :func:`fold_recipe` (records that
+    store one: a changed preset is caught too, and the same recipe reached by other ``--set``
+    flags is reused) or, in older records without it, the same ``overrides``. Records written
+    before a key existed count as its default: ``adapted``, ``[]``, ``1.0``."""
     from .config import ConfigError
 
     defaults = {"protocol": "adapted", "overrides": [], "label_fraction": 1.0}
     flags = {"protocol": "--protocol", "overrides": "--set", "label_fraction": "--label-fraction"}
+    stored = record.get("recipe")
     for key, want in expected.items():
+        if key == "overrides" and stored is not None and recipe is not None:
+            continue  # the recipe below decides
         have = record.get(key, defaults[key])
         if have != want:
             raise ConfigError(
                 f"{out} was run with {flags[key]} {have}, not {want}; a finished fold is never "
                 f"reused by another recipe: pass a new --out (or the same {flags[key]} to reuse "
                 "it)"
+            )
+    if stored is not None and recipe is not None:
+        changes = _recipe_changes(stored, recipe)
+        if changes:
+            raise ConfigError(
+                f"{out} was run with another recipe ({'; '.join(changes)}); a finished fold is "
+                "never reused by another recipe: pass a new --out, or --set those keys to the "
+                "values there to reuse it"
             )
 
 
@@ -355,8 +399,8 @@ def run_fold(
     label_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """All five methods on one fold; a finished fold is read back from ``fold.json`` (if it
-    was run with the same protocol, ``overrides`` and label fraction: otherwise ConfigError,
-    never a mix of recipes)."""
+    was run with the same protocol, label fraction and :func:`fold_recipe`: otherwise
+    ConfigError naming what changed, never a mix of recipes)."""
     from .runlog import RunDir, atomic_write_json, seed_everything
     from .training import Trainer
 
@@ -365,14 +409,15 @@ def run_fold(
         "overrides": list(overrides),
         "label_fraction": float(label_fraction),
     }
-    done = out / "fold.json"
-    if done.exists():
-        record = json.loads(done.read_text())
-        check_fold_record(record, out, expected)
-        return record
     cfg = fold_config(
         root, out, fold, folds, quick, overrides, protocol=protocol, label_fraction=label_fraction
     )
+    recipe = fold_recipe(cfg)
+    done = out / "fold.json"
+    if done.exists():
+        record = json.loads(done.read_text())
+        check_fold_record(record, out, expected, recipe)
+        return record
     seed_everything(cfg.train.seed)
     start = time.time()
     with RunDir(out) as run:
@@ -388,6 +433,7 @@ def run_fold(
             "S": trainer.predictor.head.S.detach().cpu().numpy().tolist(),
             "seconds": time.time() - start,
             **expected,
+            "recipe": recipe,
             # labels the methods saw (all binary attributes, after data.label_fraction)
             "labels_kept": {
                 split: int(trainer.splits[split].mask.sum().item()) for split in ("train", "val")
@@ -476,7 +522,7 @@ def _run_folds(
             done = len(records)
             eta = (time.time() - start) / done * (len(fold_ids) - done)
             print(
-                f"fold {k + 1}/{len(fold_ids)}{what} done in {time.time() - t0:.0f} s; "
+                f"fold {k} ({done} of {len(fold_ids)}){what} done in {time.time() - t0:.0f} s; "
                 f"about {eta / 60:.1f} min left",
                 flush=True,
             )
