@@ -75,3 +75,55 @@ def test_sgd_task_weights_false_drops_the_loss_weights_from_sgd_only(
     uniform = "mtl.task_weights=[" + ", ".join(["1.0"] * m) + "]"
     a, b = scnn(uniform), scnn(uniform, "train.sgd_task_weights=false")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_best_never_returns_to_a_diverged_round(tmp_path):
+    """Round 1's SGD stage diverged: its better validation figure does not make it the best,
+    restore goes back to round 0, and the mark survives a state_dict round trip (--resume)."""
+    from torch import nn
+
+    from apcnn.training import KeepBest
+
+    keep, model = KeepBest(tmp_path), nn.Linear(2, 1)
+    keep.update("S-CNN", 0, 0.80, model)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    keep.mark_diverged("S-CNN", 1)
+    resumed = KeepBest(tmp_path)
+    resumed.load_state_dict(keep.state_dict())
+    for k in (keep, resumed):
+        assert k.update("S-CNN", 1, 0.95, model) is False
+        assert k.records["S-CNN"]["best_round"] == 0
+        assert k.records["S-CNN"]["diverged_rounds"] == [1]
+    assert keep.restore("S-CNN", model) and torch.equal(model.weight, start)
+    # a healthy later round with the better figure is still kept
+    assert keep.update("S-CNN", 2, 0.95, model) is True
+
+
+@pytest.mark.slow
+def test_a_diverged_scnn_stage_ends_with_the_probe(tmp_path, monkeypatch, session_cache):
+    """Every epoch after the first counts as diverging (ratio 0): S-CNN's SGD round is marked,
+    its (faked) better validation figure is ignored, and the checkpoint holds the probe."""
+    from _tiny import tiny_config
+    from apcnn.checkpoint import load_checkpoint
+    from apcnn.training import KeepBest, steps, train
+
+    monkeypatch.setenv("APCNN_CACHE", str(session_cache))
+    monkeypatch.setattr(steps, "DIVERGENCE_RATIO", 0.0)
+    heads = {}
+    original = KeepBest.update
+
+    def fake_val(self, method, rnd, val, model):
+        heads[rnd] = model.head.L.detach().clone()
+        return original(self, method, rnd, {0: 0.5, 1: 0.9}[rnd], model)
+
+    monkeypatch.setattr(KeepBest, "update", fake_val)
+    out = tmp_path / "run"
+    extra = ("model.tail=fc", "train.linear_probe=true", "train.methods=[S-CNN]")
+    result = train(tiny_config(out, *extra, "train.epochs_single=2"))
+    chosen = result["chosen"]["S-CNN"]
+    assert chosen["best_round"] == 0 and chosen["diverged_rounds"] == [1]
+    final, _ = load_checkpoint(out / "checkpoints" / "S-CNN")
+    assert torch.equal(final["head.L"], heads[0]) and not torch.equal(heads[0], heads[1])
+    assert "not kept" in (out / "train.log").read_text()

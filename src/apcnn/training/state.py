@@ -48,6 +48,8 @@ class KeepBest:
     :meth:`update` after each round: when its validation accuracy beats the method's best so
     far, the model is snapshotted (in memory, and in ``folder/<method>.best`` for ``--resume``).
     :meth:`restore` at the method's end loads the best snapshot if a later round lost to it.
+    A round whose SGD stage diverged (:meth:`mark_diverged`, before its update) is never the
+    best: its validation figure is a chance score of a broken fit.
     """
 
     def __init__(self, folder: Path, *, log: Any = None) -> None:
@@ -62,15 +64,26 @@ class KeepBest:
     def has_best(self, method: str) -> bool:
         return "best_round" in self.records.get(method, {})
 
+    def mark_diverged(self, method: str, rnd: int) -> None:
+        """Round ``rnd`` of ``method`` comes from a diverged SGD stage: not a candidate."""
+        rounds = self.records.setdefault(method, {}).setdefault("diverged_rounds", [])
+        if rnd not in rounds:
+            rounds.append(rnd)
+
     def update(self, method: str, rnd: int, val: float, model: nn.Module) -> bool:
         """Record round ``rnd`` of ``method`` with validation accuracy ``val``; True if it is the
-        best so far (then ``model`` is snapshotted)."""
+        best so far (then ``model`` is snapshotted). A diverged round is recorded, never best
+        (unless no other round exists: then it is all there is)."""
         from ..checkpoint import save_checkpoint
 
         record = self.records.setdefault(method, {})
         record["last_round"] = rnd
         if self.log is not None:
             self.log.info("%s round %d: validation accuracy %.2f%%", method, rnd, 100 * val)
+        if "best_round" in record and rnd in record.get("diverged_rounds", ()):
+            if self.log is not None:
+                self.log.info("%s round %d: its SGD stage diverged, not kept", method, rnd)
+            return False
         if "best_round" in record and val <= record["best_val_accuracy"]:
             return False
         record.update(best_round=rnd, best_val_accuracy=val)
@@ -109,11 +122,15 @@ class KeepBest:
             shutil.rmtree(self.path(method), ignore_errors=True)
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
-        return {m: dict(r) for m, r in self.records.items()}
+        return {m: _copy_record(r) for m, r in self.records.items()}
 
     def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
-        self.records = {m: dict(r) for m, r in state.items()}
+        self.records = {m: _copy_record(r) for m, r in state.items()}
         self._snapshot = None
+
+
+def _copy_record(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list) else v for k, v in record.items()}
 
 
 def chosen_with_keep_best(chosen: dict[str, Any], keep: KeepBest) -> dict[str, Any]:

@@ -283,6 +283,10 @@ class Trainer:
             if self.sgd is None or epoch == 0:
                 self.sgd = steps.new_sgd(self.ctx, method)
             steps.sgd_epoch(self.ctx, self.sgd, method, rnd, epoch, step)
+            if self.sgd.diverged and keep is not None:
+                # the round this stage feeds: S-CNN's SGD is its round 1 (the probe is round
+                # 0); a multi-task method's round r is the solve after SGD stage r
+                keep.mark_diverged(method.name, rnd if method.multitask else 1)
             if epoch == method.epochs(self.cfg.train) - 1:
                 # the stage is over (the next SGD stage starts a new optimizer): free the
                 # momentum buffers (as large as the tails) before solves and checkpoint saves
