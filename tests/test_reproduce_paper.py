@@ -97,7 +97,7 @@ def test_a_finished_fold_is_never_reused_by_another_protocol_or_fraction(tmp_pat
 def test_a_finished_fold_is_matched_by_its_resolved_recipe(tmp_path):
     """fold.json stores the resolved configuration (paths left out): a preset that changed since
     is refused with the changed keys named, and the same recipe reached by other --set flags (or
-    with the data elsewhere) is reused."""
+    with the data elsewhere) is reused; a key the stored recipe lacks counts as its default."""
     from apcnn.config import ConfigError
     from apcnn.reproduce import fold_config, fold_recipe, run_fold
 
@@ -128,6 +128,12 @@ def test_a_finished_fold_is_matched_by_its_resolved_recipe(tmp_path):
         again(ran_with)
     with pytest.raises(ConfigError, match="train.epochs_single: 3 there, 7 now"):
         again(ran_with + ["train.lr=0.02", "train.epochs_single=7"])
+    # a key added to the configuration after the fold ran counts as its default there
+    del record["recipe"]["train.threshold_max_accuracy_loss"]
+    (fold / "fold.json").write_text(json.dumps(record))
+    assert again(ran_with + ["train.lr=0.02"]) == record
+    with pytest.raises(ConfigError, match="threshold_max_accuracy_loss: 0.003 there, 0.01 now"):
+        again(ran_with + ["train.lr=0.02", "train.threshold_max_accuracy_loss=0.01"])
 
 
 def test_cli_protocol_and_label_fraction(tmp_path, capsys, monkeypatch):

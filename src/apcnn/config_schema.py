@@ -262,8 +262,14 @@ class TrainLoopConfig:
     #: per-attribute decision thresholds, chosen on the validation split after calibration:
     #: "0" = the trained boundary (score >= 0, as the paper), "accuracy" = the probability
     #: threshold with the best validation accuracy, "balanced" = the best validation balanced
-    #: accuracy (raises mA on rare attributes); saved in the checkpoint, used by predict and ONNX
-    threshold: Literal["0", "accuracy", "balanced"] = "0"
+    #: accuracy (raises mA on rare attributes, costs accuracy), "prior_shift" = every threshold
+    #: moved by one shared step from the boundary towards the attribute's label frequency, the
+    #: step with the best validation mA that costs at most threshold_max_accuracy_loss of
+    #: validation accuracy; saved in the checkpoint, used by predict and ONNX
+    threshold: Literal["0", "accuracy", "balanced", "prior_shift"] = "0"
+    #: threshold=prior_shift: the validation accuracy (a fraction, 0.003 = 0.3 points) it may
+    #: give up for mA
+    threshold_max_accuracy_loss: float = 0.003
     #: class weighting of the losses (SGD and solvers): none, or "ratio" = DeepMAR's positive-
     #: ratio weights, exp(1 - p_m) on positives and exp(p_m) on negatives of attribute m, p_m its
     #: positive rate in the training split (rare positives count more)
@@ -290,6 +296,12 @@ class TrainLoopConfig:
             f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
         )
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(
+            0.0 <= self.threshold_max_accuracy_loss <= 1.0,
+            "train.threshold_max_accuracy_loss",
+            f"must be in [0, 1] (a fraction: 0.003 = 0.3 points), got "
+            f"{self.threshold_max_accuracy_loss}",
+        )
         _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(

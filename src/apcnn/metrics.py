@@ -339,7 +339,8 @@ def _summary_of(blocks: Sequence[Mapping[str, Any]], schema: AttributeSchema, me
 def _thresholds(fold_results: Sequence[Mapping[str, Any]], schema: AttributeSchema):
     """``{"rule", "per_attribute": mean over folds}`` of the folds' decision thresholds
     (``attribute_metrics`` outputs that :func:`apcnn.training.steps.finish` gave a
-    ``"thresholds"`` entry); None when a fold has none. ``rule`` is ``"mixed"`` when the folds
+    ``"thresholds"`` entry), with ``"shift"`` (mean) and ``"shift_folds"`` when every fold
+    chose a prior shift; None when a fold has none. ``rule`` is ``"mixed"`` when the folds
     disagree."""
     entries = [r.get("thresholds") for r in fold_results]
     if not all(isinstance(e, Mapping) for e in entries):
@@ -349,7 +350,12 @@ def _thresholds(fold_results: Sequence[Mapping[str, Any]], schema: AttributeSche
         n: _clean(_nanmean([_f((e.get("per_attribute") or {}).get(n)) for e in entries]))
         for n in schema.names
     }
-    return {"rule": rules.pop() if len(rules) == 1 else "mixed", "per_attribute": per}
+    out = {"rule": rules.pop() if len(rules) == 1 else "mixed", "per_attribute": per}
+    shifts = [e.get("shift") for e in entries]
+    if all(isinstance(v, (int, float)) for v in shifts):  # rule prior_shift: w of each fold
+        out["shift"] = _clean(float(np.mean(shifts)))
+        out["shift_folds"] = [float(v) for v in shifts]
+    return out
 
 
 def method_block(

@@ -96,6 +96,8 @@ THRESHOLD_RULE_TEXT = {
     "0": "the trained boundary, score >= 0 (p >= σ(c_m))",
     "accuracy": "chosen on the validation split for the best accuracy per attribute",
     "balanced": "chosen on the validation split for the best balanced accuracy per attribute",
+    "prior_shift": "moved from the boundary towards each attribute's label frequency by one "
+    "step chosen on the validation split (best mA within train.threshold_max_accuracy_loss)",
     "mixed": "different rules in different folds",
 }
 
@@ -387,7 +389,10 @@ def thresholds_md(methods: Mapping[str, Any], schema: AttributeSchema) -> str:
     lines = []
     for name, t in with_t.items():
         rule = str(t.get("rule"))
-        lines.append(f"- {name}: `train.threshold: {rule}`, {THRESHOLD_RULE_TEXT.get(rule, rule)}")
+        text = THRESHOLD_RULE_TEXT.get(rule, rule)
+        if isinstance(t.get("shift"), (int, float)):
+            text += f" (w = {t['shift']:.2f})"
+        lines.append(f"- {name}: `train.threshold: {rule}`, {text}")
     order, _ = group_order(schema)
     lines += [
         "",

@@ -361,7 +361,8 @@ def check_fold_record(
     ``protocol`` and ``label_fraction``, and then the same :func:`fold_recipe` (records that
     store one: a changed preset is caught too, and the same recipe reached by other ``--set``
     flags is reused) or, in older records without it, the same ``overrides``. Records written
-    before a key existed count as its default: ``adapted``, ``[]``, ``1.0``."""
+    before a key existed count as its default: ``adapted``, ``[]``, ``1.0``, and a recipe
+    without a configuration key added since counts as that key's default."""
     from .config import ConfigError
 
     defaults = {"protocol": "adapted", "overrides": [], "label_fraction": 1.0}
@@ -378,6 +379,12 @@ def check_fold_record(
                 "it)"
             )
     if stored is not None and recipe is not None:
+        from .config import TrainConfig
+
+        # a key added to the configuration after the fold ran counts as its default there
+        # (new keys default to the behaviour from before they existed)
+        defaults = fold_recipe(TrainConfig())
+        stored = {**{k: v for k, v in defaults.items() if k in recipe}, **stored}
         changes = _recipe_changes(stored, recipe)
         if changes:
             raise ConfigError(

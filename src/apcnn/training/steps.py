@@ -617,13 +617,16 @@ def finish(
     # rule "0": decide p >= σ(c_m), the same decisions as score >= 0 (the trained boundary)
     ctx.predictor.threshold.copy_(torch.as_tensor(boundary_thresholds(params)))
     rule = ctx.cfg.train.threshold
+    shift = None
     if rule != "0":
-        choose_thresholds_on_val(ctx, method, val_scores, val_targets, val_mask, rule)
+        shift = choose_thresholds_on_val(ctx, method, val_scores, val_targets, val_mask, rule)
     metrics = evaluate(ctx, "test")
     metrics["thresholds"] = {
         "rule": rule,
         "per_attribute": dict(zip(ctx.schema.names, ctx.predictor.threshold.tolist(), strict=True)),
     }
+    if shift is not None:  # rule prior_shift: the step chosen on validation
+        metrics["thresholds"]["shift"] = shift
     state.results[method.name] = metrics
     save(method.name, metrics, prior)
     if keep is not None:
@@ -638,11 +641,13 @@ def choose_thresholds_on_val(
     val_targets: np.ndarray,
     val_mask: np.ndarray,
     rule: str,
-) -> None:
+) -> float | None:
     """Set the predictor's thresholds to :func:`apcnn.calibration.choose_thresholds` of the
     calibrated validation probabilities (the boundary thresholds in the buffer are the
-    fallback and the tie-break) and log the validation accuracy and mA before and after."""
-    from ..calibration import choose_thresholds
+    fallback and the tie-break; rule ``prior_shift``: :func:`apcnn.calibration.choose_prior_shift`
+    towards the validation label frequencies) and log the validation accuracy and mA before and
+    after. Returns the prior shift w (rule ``prior_shift``), else None."""
+    from ..calibration import calibration_prior, choose_prior_shift, choose_thresholds
     from ..metrics import attribute_metrics
 
     pred = ctx.predictor
@@ -655,7 +660,16 @@ def choose_thresholds_on_val(
     with torch.inference_mode():
         probs = pred.probabilities(torch.as_tensor(val_scores).to(pred.calibration)).cpu().numpy()
     boundary = pred.threshold.detach().cpu().numpy().copy()  # not a view of the buffer
-    chosen = choose_thresholds(probs, val_targets, val_mask, rule, boundary)
+    shift = None
+    if rule == "prior_shift":
+        prior = calibration_prior(val_targets, val_mask)
+        loss = ctx.cfg.train.threshold_max_accuracy_loss
+        chosen, shift = choose_prior_shift(probs, val_targets, val_mask, boundary, prior, loss)
+        ctx.log.info(
+            "%s prior shift w=%.2f (validation accuracy loss <= %g)", method.name, shift, loss
+        )
+    else:
+        chosen = choose_thresholds(probs, val_targets, val_mask, rule, boundary)
     pred.threshold.copy_(torch.as_tensor(chosen))
     after = on_val()
     ctx.log.info(
@@ -670,3 +684,4 @@ def choose_thresholds_on_val(
         100 * before["balanced_accuracy"]["total"],
         100 * after["balanced_accuracy"]["total"],
     )
+    return shift
