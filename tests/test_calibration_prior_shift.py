@@ -141,3 +141,32 @@ def test_a_prior_shift_run_records_the_step_and_decides_with_it(tmp_path, sessio
     evaluated = evaluate_checkpoint(out / "checkpoints" / "S-CNN")
     assert evaluated["metrics"]["accuracy"]["total"] == pytest.approx(block["total"], abs=1e-6)
     assert "(w = " in (out / "report.md").read_text()
+    # evaluate --threshold: the same rule chosen again from the checkpoint gives the same
+    # thresholds and figures; rule 0 goes back to the boundary; the checkpoint is unchanged
+    again = evaluate_checkpoint(
+        out / "checkpoints" / "S-CNN", threshold="prior_shift", max_accuracy_loss=0.05
+    )
+    assert again["metrics"]["thresholds"]["shift"] == w
+    np.testing.assert_allclose(again["metrics"]["thresholds"]["per_attribute"], want, rtol=1e-6)
+    assert again["metrics"]["accuracy"]["total"] == pytest.approx(block["total"], abs=1e-6)
+    assert f"(--threshold prior_shift, w = {w:.2f})" in again["table"]
+    plain = evaluate_checkpoint(out / "checkpoints" / "S-CNN", threshold="0")
+    np.testing.assert_array_equal(plain["metrics"]["thresholds"]["per_attribute"], boundary)
+    assert "the checkpoint keeps train.threshold=prior_shift" in plain["table"]
+    assert np.array_equal(
+        load_checkpoint(out / "checkpoints" / "S-CNN")[0]["threshold"], tensors["threshold"]
+    )
+    with pytest.raises(ValueError, match="score another split"):
+        evaluate_checkpoint(out / "checkpoints" / "S-CNN", split="val", threshold="balanced")
+
+
+def test_evaluate_offers_every_threshold_rule():
+    from apcnn.calibration import THRESHOLD_RULES
+    from apcnn.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["evaluate", "--checkpoint", "x", "--threshold", "prior_shift"])
+    assert args.threshold == "prior_shift" and args.max_accuracy_loss == 0.003
+    sub = next(a for a in parser._actions if a.dest == "command").choices["evaluate"]
+    (action,) = [a for a in sub._actions if a.dest == "threshold"]
+    assert tuple(action.choices) == THRESHOLD_RULES

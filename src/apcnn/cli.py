@@ -153,6 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         root=args.root,
         split=args.split,
         allow_overlap=args.allow_overlap,
+        threshold=args.threshold,
+        max_accuracy_loss=args.max_accuracy_loss,
     )
     if args.json:  # written before the table is printed: no table over a failed command
         from .runlog import atomic_write_json
@@ -429,6 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate even when the split shares images with the checkpoint's training data "
         "(a loud warning; the metrics are then optimistic)",
+    )
+    p.add_argument(
+        "--threshold",
+        default=None,
+        choices=["0", "accuracy", "balanced", "prior_shift"],
+        help="choose the decision thresholds again on the checkpoint's validation split by this "
+        "train.threshold rule before scoring (the checkpoint is not changed); e.g. prior_shift "
+        "to see what it does to mA without retraining",
+    )
+    p.add_argument(
+        "--max-accuracy-loss",
+        type=float,
+        default=0.003,
+        metavar="X",
+        help="with --threshold prior_shift: the validation accuracy it may give up, a fraction "
+        "(default 0.003 = 0.3 points)",
     )
     p.set_defaults(func=cmd_evaluate)
 

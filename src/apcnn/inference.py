@@ -55,6 +55,8 @@ def evaluate_checkpoint(
     root: str | None = None,
     split: str = "test",
     allow_overlap: bool = False,
+    threshold: str | None = None,
+    max_accuracy_loss: float = 0.003,
 ) -> dict[str, Any]:
     """Metrics of a predictor checkpoint on a split of the dataset it was trained on.
 
@@ -69,9 +71,11 @@ def evaluate_checkpoint(
       unless ``allow_overlap`` (then a loud warning: the metrics are optimistic).
 
     The decisions are the predictor's, p >= the checkpoint's per-attribute thresholds (as
-    ``predict`` and the ONNX model decide). Returns ``{"metrics": attribute_metrics output,
-    "table": the results table (accuracy, mA, instance F1), the instance metrics and the
-    threshold rule, as text}``.
+    ``predict`` and the ONNX model decide), or with ``threshold`` (a ``train.threshold`` rule)
+    thresholds chosen again on the checkpoint's validation split (:func:`rechoose_thresholds`;
+    the checkpoint is not changed). Returns ``{"metrics": attribute_metrics output (with a
+    ``thresholds`` entry when re-chosen), "table": the results table (accuracy, mA, instance
+    F1), the instance metrics and the threshold rule, as text}``.
     """
     from .features import extract_features
     from .metrics import attribute_metrics, method_block
@@ -85,15 +89,31 @@ def evaluate_checkpoint(
     check_overlap(dataset.sample_ids, meta, split, checkpoint, allow=allow_overlap)
     device = resolve_device(cfg.train.device)
     predictor.to(device)
-    scores = extract_features(
-        predictor,
-        dataset,
-        batch_size=cfg.train.batch_size,
-        num_workers=cfg.data.num_workers,
-        device=device,
-        amp=False,
-        progress=True,
-    ).numpy()
+
+    def scores_of(data: Any) -> np.ndarray:
+        return extract_features(
+            predictor,
+            data,
+            batch_size=cfg.train.batch_size,
+            num_workers=cfg.data.num_workers,
+            device=device,
+            amp=False,
+            progress=True,
+        ).numpy()
+
+    rechosen = None
+    if threshold is not None:
+        if split == "val":
+            raise ValueError(
+                "--threshold chooses the thresholds on the validation split; score another "
+                "split (e.g. --split test)"
+            )
+        _, val_source, val_rows = _checkpoint_split(meta, split="val", root=root)
+        val = match_attributes(val_source.subset(val_rows), schema, checkpoint)
+        rechosen = rechoose_thresholds(
+            predictor, scores_of(val), val.targets, val.mask, threshold, max_accuracy_loss
+        )
+    scores = scores_of(dataset)
     # decide as predict and the ONNX model do: p >= the checkpoint's threshold
     with torch.inference_mode():
         s = torch.from_numpy(scores).to(predictor.calibration)
@@ -102,14 +122,58 @@ def evaluate_checkpoint(
     method = meta.get("method", "model")
     block = {"methods": {method: method_block([metrics], schema)}}
     rule = ((meta.get("config") or {}).get("train") or {}).get("threshold", "0")
-    table = "\n\n".join(
-        [
-            format_table(block, None),
-            instance_table(block),
-            f"decision: p >= each attribute's threshold (train.threshold={rule})",
-        ]
-    )
+    decision = f"decision: p >= each attribute's threshold (train.threshold={rule})"
+    if rechosen is not None:
+        metrics["thresholds"] = rechosen
+        shift = f", w = {rechosen['shift']:.2f}" if "shift" in rechosen else ""
+        decision = (
+            f"decision: p >= thresholds chosen again on the validation split (--threshold "
+            f"{threshold}{shift}); the checkpoint keeps train.threshold={rule}"
+        )
+    table = "\n\n".join([format_table(block, None), instance_table(block), decision])
     return {"metrics": metrics, "table": table}
+
+
+def rechoose_thresholds(
+    predictor: Any,
+    val_scores: np.ndarray,
+    val_targets: Any,
+    val_mask: Any,
+    rule: str,
+    max_accuracy_loss: float = 0.003,
+) -> dict[str, Any]:
+    """Set ``predictor.threshold`` (in memory) by ``rule`` on the validation scores, as training
+    does (:func:`apcnn.training.steps.choose_thresholds_on_val`): from the boundary σ(c_m) of the
+    predictor's own calibration, per attribute (:func:`apcnn.calibration.choose_thresholds`) or
+    by one prior shift (:func:`apcnn.calibration.choose_prior_shift`, ρ_m the validation label
+    frequencies). Returns ``{"rule", "per_attribute": [t_m], ["shift": w]}``."""
+    from .calibration import (
+        THRESHOLD_RULES,
+        boundary_thresholds,
+        calibration_prior,
+        choose_prior_shift,
+        choose_thresholds,
+    )
+
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; valid: {', '.join(THRESHOLD_RULES)}")
+    targets, mask = np.asarray(val_targets), np.asarray(val_mask, dtype=bool)
+    calibration = predictor.calibration.detach().cpu().double().numpy()
+    boundary = boundary_thresholds(calibration).astype(np.float32)
+    with torch.inference_mode():
+        s = torch.as_tensor(val_scores).to(predictor.calibration)
+        probs = predictor.probabilities(s).cpu().numpy()
+    out: dict[str, Any] = {"rule": rule}
+    if rule == "prior_shift":
+        prior = calibration_prior(targets, mask)
+        chosen, out["shift"] = choose_prior_shift(
+            probs, targets, mask, boundary, prior, max_accuracy_loss
+        )
+    else:
+        chosen = choose_thresholds(probs, targets, mask, rule, boundary)
+    predictor.threshold.copy_(torch.as_tensor(chosen).to(predictor.threshold))
+    out["per_attribute"] = [float(v) for v in chosen]
+    return out
 
 
 def _checkpoint_split(meta: dict[str, Any], *, split: str, root: str | None) -> tuple:
