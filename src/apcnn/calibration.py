@@ -194,16 +194,16 @@ def shifted_thresholds(boundary: np.ndarray, prior: np.ndarray, shift: float) ->
     """
     b = np.asarray(boundary)
     dtype = b.dtype if b.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    b64 = np.clip(b.astype(np.float64), 1e-12, 1 - 1e-12)
-    rho = np.asarray(prior, dtype=np.float64).reshape(b64.shape)
-    rho = np.clip(np.where(np.isnan(rho), b64, rho), 1e-12, 1 - 1e-12)
     if not 0.0 <= shift <= 1.0:
         raise ValueError(f"shift must be in [0, 1], got {shift}")
     if shift == 0.0:  # exactly the boundary (the logit round trip may move it by an ulp)
         return b.astype(dtype)
-    z = (1.0 - shift) * _logit(b64) + shift * _logit(rho)
-    out = 0.5 * (1.0 + np.tanh(0.5 * z))
-    return np.where(np.isnan(np.asarray(prior, dtype=np.float64)), b, out).astype(dtype)
+    rho = np.asarray(prior, dtype=np.float64).reshape(b.shape)
+    clip = (1e-12, 1 - 1e-12)  # NaN priors pass through and are replaced below
+    z = (1.0 - shift) * _logit(np.clip(b.astype(np.float64), *clip)) + shift * _logit(
+        np.clip(rho, *clip)
+    )
+    return np.where(np.isnan(rho), b, 0.5 * (1.0 + np.tanh(0.5 * z))).astype(dtype)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -259,6 +259,23 @@ def choose_prior_shift(
         if acc >= floor - 1e-12 and ma > best[2]:
             best = (t, float(w), ma)
     return best[0], best[1]
+
+
+def thresholds_by_rule(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    rule: str,
+    boundary: np.ndarray,
+    max_accuracy_loss: float = 0.003,
+) -> tuple[np.ndarray, float | None]:
+    """``train.threshold`` on a held-out split: (thresholds (M,), the prior shift w or None).
+    Rule ``prior_shift``: :func:`choose_prior_shift` towards this split's label frequencies
+    (:func:`calibration_prior`); the others: :func:`choose_thresholds`. Arrays as there."""
+    if rule != "prior_shift":
+        return choose_thresholds(probabilities, targets, mask, rule, boundary), None
+    prior = calibration_prior(targets, mask)
+    return choose_prior_shift(probabilities, targets, mask, boundary, prior, max_accuracy_loss)
 
 
 def calibration_prior(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:

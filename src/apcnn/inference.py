@@ -143,36 +143,21 @@ def rechoose_thresholds(
     max_accuracy_loss: float = 0.003,
 ) -> dict[str, Any]:
     """Set ``predictor.threshold`` (in memory) by ``rule`` on the validation scores, as training
-    does (:func:`apcnn.training.steps.choose_thresholds_on_val`): from the boundary σ(c_m) of the
-    predictor's own calibration, per attribute (:func:`apcnn.calibration.choose_thresholds`) or
-    by one prior shift (:func:`apcnn.calibration.choose_prior_shift`, ρ_m the validation label
-    frequencies). Returns ``{"rule", "per_attribute": [t_m], ["shift": w]}``."""
-    from .calibration import (
-        THRESHOLD_RULES,
-        boundary_thresholds,
-        calibration_prior,
-        choose_prior_shift,
-        choose_thresholds,
-    )
+    does (:func:`apcnn.calibration.thresholds_by_rule`, from the boundary σ(c_m) of the
+    predictor's own calibration). Returns ``{"rule", "per_attribute": [t_m], ["shift": w]}``."""
+    from .calibration import boundary_thresholds, thresholds_by_rule
 
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; valid: {', '.join(THRESHOLD_RULES)}")
     targets, mask = np.asarray(val_targets), np.asarray(val_mask, dtype=bool)
     calibration = predictor.calibration.detach().cpu().double().numpy()
     boundary = boundary_thresholds(calibration).astype(np.float32)
     with torch.inference_mode():
         s = torch.as_tensor(val_scores).to(predictor.calibration)
         probs = predictor.probabilities(s).cpu().numpy()
-    out: dict[str, Any] = {"rule": rule}
-    if rule == "prior_shift":
-        prior = calibration_prior(targets, mask)
-        chosen, out["shift"] = choose_prior_shift(
-            probs, targets, mask, boundary, prior, max_accuracy_loss
-        )
-    else:
-        chosen = choose_thresholds(probs, targets, mask, rule, boundary)
+    chosen, shift = thresholds_by_rule(probs, targets, mask, rule, boundary, max_accuracy_loss)
     predictor.threshold.copy_(torch.as_tensor(chosen).to(predictor.threshold))
-    out["per_attribute"] = [float(v) for v in chosen]
+    out: dict[str, Any] = {"rule": rule, "per_attribute": [float(v) for v in chosen]}
+    if shift is not None:
+        out["shift"] = shift
     return out
 
 

@@ -383,8 +383,8 @@ def check_fold_record(
 
         # a key added to the configuration after the fold ran counts as its default there
         # (new keys default to the behaviour from before they existed)
-        defaults = fold_recipe(TrainConfig())
-        stored = {**{k: v for k, v in defaults.items() if k in recipe}, **stored}
+        key_defaults = fold_recipe(TrainConfig())
+        stored = {**{k: v for k, v in key_defaults.items() if k in recipe}, **stored}
         changes = _recipe_changes(stored, recipe)
         if changes:
             raise ConfigError(

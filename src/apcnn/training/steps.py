@@ -642,12 +642,12 @@ def choose_thresholds_on_val(
     val_mask: np.ndarray,
     rule: str,
 ) -> float | None:
-    """Set the predictor's thresholds to :func:`apcnn.calibration.choose_thresholds` of the
+    """Set the predictor's thresholds to :func:`apcnn.calibration.thresholds_by_rule` of the
     calibrated validation probabilities (the boundary thresholds in the buffer are the
-    fallback and the tie-break; rule ``prior_shift``: :func:`apcnn.calibration.choose_prior_shift`
-    towards the validation label frequencies) and log the validation accuracy and mA before and
+    fallback and the tie-break; ``prior_shift`` moves towards the validation label frequencies)
+    and log the validation accuracy and mA before and
     after. Returns the prior shift w (rule ``prior_shift``), else None."""
-    from ..calibration import calibration_prior, choose_prior_shift, choose_thresholds
+    from ..calibration import thresholds_by_rule
     from ..metrics import attribute_metrics
 
     pred = ctx.predictor
@@ -660,16 +660,12 @@ def choose_thresholds_on_val(
     with torch.inference_mode():
         probs = pred.probabilities(torch.as_tensor(val_scores).to(pred.calibration)).cpu().numpy()
     boundary = pred.threshold.detach().cpu().numpy().copy()  # not a view of the buffer
-    shift = None
-    if rule == "prior_shift":
-        prior = calibration_prior(val_targets, val_mask)
-        loss = ctx.cfg.train.threshold_max_accuracy_loss
-        chosen, shift = choose_prior_shift(probs, val_targets, val_mask, boundary, prior, loss)
+    loss = ctx.cfg.train.threshold_max_accuracy_loss
+    chosen, shift = thresholds_by_rule(probs, val_targets, val_mask, rule, boundary, loss)
+    if shift is not None:
         ctx.log.info(
             "%s prior shift w=%.2f (validation accuracy loss <= %g)", method.name, shift, loss
         )
-    else:
-        chosen = choose_thresholds(probs, val_targets, val_mask, rule, boundary)
     pred.threshold.copy_(torch.as_tensor(chosen))
     after = on_val()
     ctx.log.info(
